@@ -1,0 +1,31 @@
+// Every op schema of fastlangevin, and no math. Kernels register per backend at the bottom of
+// csrc/cpu/*.cpp and csrc/cuda/*.cu; fake (meta) implementations live in fastlangevin/ops.py.
+//
+// Conventions: `out` arguments are mutated in place (Tensor(a!)); scalars that may be absent
+// are passed as neutral values (grad_clip = inf, clamp = (-inf, inf), inv_ref_var = 0) so the
+// kernels branch on plain doubles, never on Python objects. Seeds and offsets are 64-bit words
+// carried in int64 (two's complement for values >= 2^63).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import fastlangevin._C` loads this shared object, which runs the static registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastlangevin, m) {
+  // counter: [n, 4] int64 holding 32-bit words -> [n, 4] int64 words of Philox4x32-10.
+  m.def("philox(Tensor counter, int seed) -> Tensor");
+  // out: any float tensor, filled with the normals of stream (seed, offset), element i <- xi_i.
+  m.def("randn_out(Tensor(a!) out, int seed, int offset) -> ()");
+  // out = clamp(x - a * (clip(grad) + x * inv_ref_var) + s * xi), x/grad/noise/out: [N, ...];
+  // a = step_t[n] if given else step, s = std_t[n] if given else noise_std (per walker n);
+  // xi = noise if given else the normals of stream (seed, offset).
+  m.def(
+      "langevin_step_out(Tensor x, Tensor grad, Tensor? noise, Tensor? step_t, Tensor? std_t, float step, "
+      "float noise_std, float inv_ref_var, float grad_clip, float clamp_lo, float clamp_hi, int seed, "
+      "int offset, Tensor(a!) out) -> ()");
+}

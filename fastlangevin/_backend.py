@@ -1,0 +1,101 @@
+"""Which backends exist here, and why not when they don't.
+
+Nothing in this module imports triton or touches CUDA at import time: ``import fastlangevin``
+must work on a machine with neither.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def _extension() -> tuple[bool, str]:
+    """(loaded, reason): load fastlangevin._C once, which registers torch.ops.fastlangevin.*."""
+    try:
+        from . import _C  # noqa: F401  (registration happens on load)
+    except ImportError as e:
+        return False, f"the C++ extension fastlangevin._C is not built or failed to load ({e})"
+    return True, ""
+
+
+def extension_loaded() -> bool:
+    return _extension()[0]
+
+
+def _has_cuda_kernels() -> bool:
+    return extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fastlangevin::langevin_step_out", "CUDA"
+    )
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton() -> tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return False, f"triton is not installed ({e})"
+    return True, ""
+
+
+def backends() -> dict[str, bool | str]:
+    """Backend name -> True, or a string saying why it is unavailable here."""
+    out: dict[str, bool | str] = {"reference": True}
+    ok, why = _extension()
+    out["cpu"] = True if ok else why
+    if not ok:
+        out["cuda"] = why
+    elif not _has_cuda_kernels():
+        out["cuda"] = "fastlangevin._C was built without CUDA kernels (CPU-only torch, no nvcc, or FASTLANGEVIN_NO_CUDA=1)"
+    elif not torch.cuda.is_available():
+        out["cuda"] = "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    else:
+        out["cuda"] = True
+    ok, why = _triton()
+    if not ok:
+        out["triton"] = why
+    elif not (torch.cuda.is_available() or triton_interpret()):
+        out["triton"] = "no GPU is visible and TRITON_INTERPRET=1 is not set (set it before importing triton to run on CPU tensors)"
+    else:
+        out["triton"] = True
+    return out
+
+
+def _available(name: str, device: torch.device) -> str | None:
+    """None if `name` can run on tensors of `device`, else the reason it cannot."""
+    status = backends()[name]
+    if status is not True:
+        return status
+    if name == "cpu" and device.type != "cpu":
+        return f"the cpu backend runs on CPU tensors, got a tensor on {device}"
+    if name == "cuda" and device.type != "cuda":
+        return f"the cuda backend runs on CUDA tensors, got a tensor on {device}"
+    if name == "triton" and device.type == "cpu" and not triton_interpret():
+        return "the triton backend runs CPU tensors only under TRITON_INTERPRET=1"
+    if name == "triton" and device.type not in ("cpu", "cuda"):
+        return f"the triton backend does not support {device.type} tensors"
+    return None
+
+
+def resolve(op: str, backend: str, device: torch.device) -> str:
+    """The backend that runs `op` on tensors of `device`; raises ValueError naming the op."""
+    if backend == "auto":
+        order = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+        for name in order:
+            if _available(name, device) is None:
+                return name
+        return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    why = _available(backend, device)
+    if why is not None:
+        raise ValueError(f"{op}: backend {backend!r} is unavailable: {why}")
+    return backend

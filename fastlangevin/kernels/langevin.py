@@ -1,0 +1,246 @@
+"""Triton kernels for the noise stream and the Langevin step.
+
+GPU tensors normally; CPU tensors under TRITON_INTERPRET=1 (set before triton is imported),
+which is how CI runs them. Only tl.* math is used so the interpreter can execute every line.
+
+Naming follows the rest of the package: ``_langevin_step_kernel`` is the kernel,
+``langevin_step_triton`` its launcher. Inside kernels ``p_`` is a pointer, ``b_`` a block of
+values, ``o_`` offsets and ``m_`` masks.
+
+One program handles BLOCK elements = BLOCK // 4 Philox blocks: each Philox call yields the four
+normals of four consecutive elements, and the four lanes are interleaved back into element
+order with tl.interleave (no words are wasted, no lane is recomputed).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Philox4x32-10 constants (Random123). Python ints >= 2**31 become uint32 constants in Triton.
+PHILOX_M0: tl.constexpr = 0xD2511F53
+PHILOX_M1: tl.constexpr = 0xCD9E8D57
+PHILOX_W0: tl.constexpr = 0x9E3779B9
+PHILOX_W1: tl.constexpr = 0xBB67AE85
+
+# 1024 elements (256 Philox blocks) per program with 4 warps: 8 elements per thread.
+DEFAULT_BLOCK = 1024
+
+
+@triton.jit
+def _philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 on uint32 blocks; the key is bumped between rounds."""
+    for r in tl.static_range(10):
+        if r > 0:
+            k0 = k0 + PHILOX_W0
+            k1 = k1 + PHILOX_W1
+        hi0 = tl.umulhi(c0, PHILOX_M0)
+        lo0 = c0 * PHILOX_M0
+        hi1 = tl.umulhi(c2, PHILOX_M1)
+        lo1 = c2 * PHILOX_M1
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _log_unit_f32(u):
+    """ln u for u in (0, 1]: the Cephes-style polynomial of csrc/normal.h."""
+    b = u.to(tl.uint32, bitcast=True)
+    e = (b >> 23).to(tl.int32) - 126
+    m = ((b & 0x007FFFFF) | 0x3F000000).to(tl.float32, bitcast=True)
+    small = m < 0.707106781186547524
+    e = tl.where(small, e - 1, e)
+    x = tl.where(small, (m + m) - 1.0, m - 1.0)
+    z = x * x
+    p = x * 0.0 + 7.0376836292e-2
+    p = p * x - 1.1514610310e-1
+    p = p * x + 1.1676998740e-1
+    p = p * x - 1.2420140846e-1
+    p = p * x + 1.4249322787e-1
+    p = p * x - 1.6668057665e-1
+    p = p * x + 2.0000714765e-1
+    p = p * x - 2.4999993993e-1
+    p = p * x + 3.3333331174e-1
+    fe = e.to(tl.float32)
+    y = p * x * z
+    y += -2.12194440e-4 * fe
+    y += -0.5 * z
+    return (x + y) + 0.693359375 * fe
+
+
+@triton.jit
+def _sincos_2pi_f32(t):
+    """(sin 2 pi t, cos 2 pi t) for t in [0, 1): reduced in turns, as in csrc/normal.h."""
+    n = (t * 4.0 + 0.5).to(tl.int32)
+    r = t - n.to(tl.float32) * 0.25
+    a = r * 6.28318530717958647692
+    a2 = a * a
+    s = a + a * a2 * (-1.6666654611e-1 + a2 * (8.3321608736e-3 + a2 * -1.9515295891e-4))
+    c = 1.0 - 0.5 * a2 + a2 * a2 * (4.166664568298827e-2 + a2 * (-1.388731625493765e-3 + a2 * 2.443315711809948e-5))
+    odd = (n & 1) != 0
+    sr = tl.where(odd, c, s)
+    cr = tl.where(odd, s, c)
+    s_out = tl.where((n & 2) != 0, -sr, sr)
+    c_out = tl.where(((n + 1) & 2) != 0, -cr, cr)
+    return s_out, c_out
+
+
+@triton.jit
+def _box_muller(wa, wb, FP64: tl.constexpr):
+    """Two normals from two words: radius from wa, angle from wb."""
+    u_r = ((wa >> 8) + 1).to(tl.float32) * 5.9604644775390625e-08
+    u_t = (wb >> 8).to(tl.float32) * 5.9604644775390625e-08
+    if FP64:
+        rad = tl.sqrt(-2.0 * tl.log(u_r.to(tl.float64)))
+        ang = u_t.to(tl.float64) * 6.283185307179586476925
+        return rad * tl.cos(ang), rad * tl.sin(ang)
+    else:
+        rad = tl.sqrt(-2.0 * _log_unit_f32(u_r))
+        s, c = _sincos_2pi_f32(u_t)
+        return rad * c, rad * s
+
+
+@triton.jit
+def _block_normals(pid, seed_lo, seed_hi, off_lo, off_hi, BLOCK: tl.constexpr, FP64: tl.constexpr):
+    """The BLOCK normals of elements pid * BLOCK + [0, BLOCK), in element order."""
+    blk = pid.to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
+    c0 = (blk & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (blk >> 32).to(tl.uint32)
+    c2 = tl.zeros([BLOCK // 4], dtype=tl.uint32) + off_lo.to(tl.uint32)
+    c3 = tl.zeros([BLOCK // 4], dtype=tl.uint32) + off_hi.to(tl.uint32)
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, c3, k0, k1)
+    z0, z1 = _box_muller(w0, w1, FP64)
+    z2, z3 = _box_muller(w2, w3, FP64)
+    # [z0_0, z1_0, z2_0, z3_0, z0_1, ...]: element 4j + lane gets lane `lane` of block j.
+    return tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+def _philox_kernel(p_counter, p_out, n_rows, seed_lo, seed_hi, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    o_r = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m_r = o_r < n_rows
+    c0 = tl.load(p_counter + 4 * o_r + 0, mask=m_r, other=0).to(tl.uint32)
+    c1 = tl.load(p_counter + 4 * o_r + 1, mask=m_r, other=0).to(tl.uint32)
+    c2 = tl.load(p_counter + 4 * o_r + 2, mask=m_r, other=0).to(tl.uint32)
+    c3 = tl.load(p_counter + 4 * o_r + 3, mask=m_r, other=0).to(tl.uint32)
+    w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+    tl.store(p_out + 4 * o_r + 0, w0.to(tl.int64), mask=m_r)
+    tl.store(p_out + 4 * o_r + 1, w1.to(tl.int64), mask=m_r)
+    tl.store(p_out + 4 * o_r + 2, w2.to(tl.int64), mask=m_r)
+    tl.store(p_out + 4 * o_r + 3, w3.to(tl.int64), mask=m_r)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _randn_kernel(p_out, n, seed_lo, seed_hi, off_lo, off_hi, BLOCK: tl.constexpr, FP64: tl.constexpr):
+    pid = tl.program_id(0)
+    o_i = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b_z = _block_normals(pid, seed_lo, seed_hi, off_lo, off_hi, BLOCK, FP64)
+    tl.store(p_out + o_i, b_z.to(p_out.dtype.element_ty), mask=o_i < n)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "step", "noise_std"])
+def _langevin_step_kernel(
+    p_x, p_g, p_noise, p_step, p_std, p_out,  # [N, ...] x, grad, noise, out; [N] step, std
+    p_scal,  # [6] float64 (step, noise_std, inv_ref, clip, lo, hi), read instead of the args if FP64
+    n, row_len,
+    step, noise_std, inv_ref, clip, lo, hi,
+    seed_lo, seed_hi, off_lo, off_hi,
+    BLOCK: tl.constexpr, FP64: tl.constexpr, RNG: tl.constexpr, HAS_NOISE: tl.constexpr,
+    STEP_T: tl.constexpr, STD_T: tl.constexpr, HAS_REF: tl.constexpr, HAS_CLIP: tl.constexpr,
+    HAS_CLAMP: tl.constexpr,
+):
+    """y = clamp( x - a * ( clip(g) + x * inv_ref ) + s * xi ), in the reference's order."""
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    if FP64:  # Triton passes Python floats as fp32; float64 state needs the exact doubles
+        step = tl.load(p_scal + 0)
+        noise_std = tl.load(p_scal + 1)
+        inv_ref = tl.load(p_scal + 2)
+        clip = tl.load(p_scal + 3)
+        lo = tl.load(p_scal + 4)
+        hi = tl.load(p_scal + 5)
+    pid = tl.program_id(0)
+    o_i = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m_i = o_i < n
+    b_x = tl.load(p_x + o_i, mask=m_i, other=0).to(ACC)
+    b_g = tl.load(p_g + o_i, mask=m_i, other=0).to(ACC)
+    if HAS_CLIP:
+        b_g = tl.where(b_g < -clip, -clip, b_g)
+        b_g = tl.where(b_g > clip, clip, b_g)
+    if HAS_REF:
+        b_g = b_g + b_x * inv_ref
+    if STEP_T or STD_T:
+        o_row = o_i // row_len
+    if STEP_T:
+        b_a = tl.load(p_step + o_row, mask=m_i, other=0).to(ACC)
+    else:
+        b_a = step
+    b_y = b_x - b_a * b_g
+    if STD_T:
+        b_s = tl.load(p_std + o_row, mask=m_i, other=0).to(ACC)
+    else:
+        b_s = noise_std
+    if HAS_NOISE:
+        b_y = b_y + b_s * tl.load(p_noise + o_i, mask=m_i, other=0).to(ACC)
+    elif RNG:
+        b_y = b_y + b_s * _block_normals(pid, seed_lo, seed_hi, off_lo, off_hi, BLOCK, FP64).to(ACC)
+    if HAS_CLAMP:
+        b_y = tl.where(b_y < lo, lo, b_y)
+        b_y = tl.where(b_y > hi, hi, b_y)
+    tl.store(p_out + o_i, b_y.to(p_out.dtype.element_ty), mask=m_i)
+
+
+def _words(v: int) -> tuple[int, int]:
+    v = int(v) & ((1 << 64) - 1)
+    return v & 0xFFFFFFFF, v >> 32
+
+
+def philox_triton(counter: torch.Tensor, seed: int, block: int = 256) -> torch.Tensor:
+    counter = counter.contiguous()
+    out = torch.empty_like(counter)
+    n = counter.shape[0]
+    if n:
+        s_lo, s_hi = _words(seed)
+        _philox_kernel[(triton.cdiv(n, block),)](counter, out, n, s_lo, s_hi, BLOCK=block)
+    return out
+
+
+def randn_out_triton(out: torch.Tensor, seed: int, offset: int, block: int = DEFAULT_BLOCK) -> None:
+    n = out.numel()
+    if n == 0:
+        return
+    s_lo, s_hi = _words(seed)
+    o_lo, o_hi = _words(offset)
+    _randn_kernel[(triton.cdiv(n, block),)](
+        out, n, s_lo, s_hi, o_lo, o_hi, BLOCK=block, FP64=out.dtype == torch.float64
+    )
+
+
+def langevin_step_out_triton(
+    x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo, clamp_hi, seed, offset, out,
+    block: int = DEFAULT_BLOCK,
+) -> None:
+    """Launcher; arguments as in the C++ schema fastlangevin::langevin_step_out."""
+    n = x.numel()
+    if n == 0:
+        return
+    s_lo, s_hi = _words(seed)
+    o_lo, o_hi = _words(offset)
+    fp64 = x.dtype == torch.float64
+    rng = noise is None and (std_t is not None or noise_std != 0.0)
+    dummy = x  # never read: the matching constexpr flag is off
+    inf = float("inf")
+    scal = [float(step), float(noise_std), float(inv_ref_var), float(grad_clip), float(clamp_lo), float(clamp_hi)]
+    p_scal = torch.tensor(scal, dtype=torch.float64, device=x.device) if fp64 else dummy
+    _langevin_step_kernel[(triton.cdiv(n, block),)](
+        x, grad, noise if noise is not None else dummy, step_t if step_t is not None else dummy,
+        std_t if std_t is not None else dummy, out, p_scal,
+        n, max(1, n // max(1, x.shape[0])),
+        *scal,
+        s_lo, s_hi, o_lo, o_hi,
+        BLOCK=block, FP64=fp64, RNG=rng, HAS_NOISE=noise is not None,
+        STEP_T=step_t is not None, STD_T=std_t is not None, HAS_REF=inv_ref_var != 0.0,
+        HAS_CLIP=grad_clip != inf, HAS_CLAMP=(clamp_lo != -inf) or (clamp_hi != inf),
+    )

@@ -1,0 +1,49 @@
+"""The Triton kernels as torch.library custom ops (namespace ``fastlangevin_triton``), so that
+torch.compile can trace through them and torch.library.opcheck can check them, on GPU tensors
+or, under TRITON_INTERPRET=1, on CPU tensors.
+
+Importing this module imports triton; fastlangevin.ops imports it only when the triton backend
+is asked for.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import langevin as _k
+
+
+@torch.library.custom_op("fastlangevin_triton::philox", mutates_args=())
+def philox(counter: torch.Tensor, seed: int) -> torch.Tensor:
+    return _k.philox_triton(counter, seed)
+
+
+@philox.register_fake
+def _(counter, seed):
+    return torch.empty_like(counter)
+
+
+@torch.library.custom_op("fastlangevin_triton::randn_out", mutates_args=("out",))
+def randn_out(out: torch.Tensor, seed: int, offset: int) -> None:
+    _k.randn_out_triton(out, seed, offset)
+
+
+@randn_out.register_fake
+def _(out, seed, offset):
+    return None
+
+
+@torch.library.custom_op("fastlangevin_triton::langevin_step_out", mutates_args=("out",))
+def langevin_step_out(
+    x: torch.Tensor, grad: torch.Tensor, noise: Optional[torch.Tensor], step_t: Optional[torch.Tensor],
+    std_t: Optional[torch.Tensor], step: float, noise_std: float, inv_ref_var: float, grad_clip: float,
+    clamp_lo: float, clamp_hi: float, seed: int, offset: int, out: torch.Tensor,
+) -> None:
+    _k.langevin_step_out_triton(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip,
+                                clamp_lo, clamp_hi, seed, offset, out)
+
+
+@langevin_step_out.register_fake
+def _(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo, clamp_hi, seed, offset, out):
+    return None

@@ -1,0 +1,156 @@
+"""Pure-torch reference implementations: the test oracle and the fallback backend.
+
+Readable first, fast never. This file and ``csrc/philox.h`` are the two places where the noise
+contract is written down; every kernel must reproduce what these functions compute.
+
+Noise contract
+--------------
+Philox4x32-10 (Random123) with key ``(seed & 0xffffffff, seed >> 32)``. Element ``i`` of a noisy
+op called with ``(seed, offset)`` uses
+
+    counter = (lo32(i >> 2), hi32(i >> 2), lo32(offset), hi32(offset)),   lane = i & 3
+
+and the four output words ``(w0, w1, w2, w3)`` of a counter become four normals by Box-Muller,
+``(w0, w1) -> (z0, z1)`` and ``(w2, w3) -> (z2, z3)``:
+
+    u_r = ((w_a >> 8) + 1) * 2**-24            # in (0, 1], exact in float32
+    u_t = (w_b >> 8) * 2**-24                  # in [0, 1), exact in float32
+    z_a = sqrt(-2 log u_r) cos(2 pi u_t)
+    z_b = sqrt(-2 log u_r) sin(2 pi u_t)
+
+The reference computes the transcendental part in float64 from the exact uniforms, so it is
+the truth the float32 kernels are measured against.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+PHILOX_ROUNDS = 10
+
+
+def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of the 64-bit product a * m, a an int64 tensor of uint32 values.
+
+    int64 cannot hold a 64-bit unsigned product, so m is split into 16-bit halves:
+    a * m = (a * m_hi) << 16 + a * m_lo, each partial product below 2**48.
+    """
+    m_hi, m_lo = m >> 16, m & 0xFFFF
+    p_hi = a * m_hi  # < 2**48
+    p_lo = a * m_lo  # < 2**48
+    t = ((p_hi & 0xFFFF) << 16) + p_lo  # < 2**49
+    lo = t & MASK32
+    hi = ((p_hi >> 16) + (t >> 32)) & MASK32
+    return hi, lo
+
+
+def philox_ref(counter: torch.Tensor, seed: int) -> torch.Tensor:
+    """Philox4x32-10 of each row of ``counter`` ([n, 4] int64 words) under the 64-bit ``seed``.
+
+    Returns [n, 4] int64 words in [0, 2**32).
+    """
+    seed = int(seed) & ((1 << 64) - 1)
+    c = counter.to(torch.int64) & MASK32
+    c0, c1, c2, c3 = c.unbind(-1)
+    k0, k1 = seed & MASK32, seed >> 32
+    for r in range(PHILOX_ROUNDS):
+        if r > 0:
+            k0 = (k0 + PHILOX_W0) & MASK32
+            k1 = (k1 + PHILOX_W1) & MASK32
+        hi0, lo0 = _mulhilo(c0, PHILOX_M0)
+        hi1, lo1 = _mulhilo(c2, PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def stream_counters(n_blocks: int, offset: int, device=None) -> torch.Tensor:
+    """The [n_blocks, 4] counters of blocks 0 .. n_blocks - 1 of a stream at ``offset``."""
+    offset = int(offset) & ((1 << 64) - 1)
+    blk = torch.arange(n_blocks, dtype=torch.int64, device=device)
+    c = torch.empty(n_blocks, 4, dtype=torch.int64, device=device)
+    c[:, 0] = blk & MASK32
+    c[:, 1] = blk >> 32
+    c[:, 2] = offset & MASK32
+    c[:, 3] = offset >> 32
+    return c
+
+
+def uniforms_ref(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radius and angle uniforms (float64, exact) of a [n, 4] word tensor: each [n, 2]."""
+    w = words.view(-1, 2, 2)  # pairs (w0, w1), (w2, w3)
+    scale = 2.0**-24
+    u_r = ((w[..., 0] >> 8) + 1).to(torch.float64) * scale
+    u_t = (w[..., 1] >> 8).to(torch.float64) * scale
+    return u_r, u_t
+
+
+def normals_from_words(words: torch.Tensor) -> torch.Tensor:
+    """Box-Muller in float64: [n, 4] words -> [n * 4] normals, in element order."""
+    u_r, u_t = uniforms_ref(words)
+    rad = torch.sqrt(-2.0 * torch.log(u_r))
+    ang = (2.0 * math.pi) * u_t
+    z = torch.stack([rad * torch.cos(ang), rad * torch.sin(ang)], dim=-1)  # [n, 2 pairs, 2]
+    return z.reshape(-1)
+
+
+def randn_ref(shape, seed: int, offset: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """The normals xi of stream (seed, offset) for a tensor of ``shape`` (element i <- xi_i)."""
+    shape = torch.Size(shape)
+    n = shape.numel()
+    n_blocks = (n + 3) // 4
+    words = philox_ref(stream_counters(n_blocks, offset, device=device), seed)
+    return normals_from_words(words)[:n].reshape(shape).to(dtype)
+
+
+def langevin_step_ref(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    step_size,
+    noise_std=None,
+    *,
+    seed: int = 0,
+    offset: int = 0,
+    noise: torch.Tensor | None = None,
+    ref_var=None,
+    grad_clip=None,
+    clamp=None,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """One Langevin step, written out:
+
+        y = clamp( x - a * ( clip(grad, -c, c) + x / ref_var ) + s * xi )
+
+    x, grad, noise: [N, ...]; a, s: floats or [N] tensors (per walker); xi = ``noise`` or the
+    normals of stream (seed, offset). Arithmetic in ``compute_dtype`` (default: float64 for
+    float64 state, float32 otherwise), result in x.dtype.
+    """
+    if compute_dtype is None:
+        compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if noise_std is None:
+        noise_std = (2.0 * step_size) ** 0.5 if not torch.is_tensor(step_size) else torch.sqrt(2.0 * step_size)
+    xc = x.to(compute_dtype)
+    g = grad.to(compute_dtype)
+    per_walker = (x.shape[0],) + (1,) * (x.dim() - 1)
+
+    def _b(v):
+        return v.to(compute_dtype).reshape(per_walker) if torch.is_tensor(v) else v
+
+    a, s = _b(step_size), _b(noise_std)
+    if grad_clip is not None:
+        g = g.clamp(-grad_clip, grad_clip)
+    drift = g + xc * (1.0 / ref_var) if ref_var is not None else g
+    y = xc - a * drift
+    noisy = torch.is_tensor(s) or s != 0.0
+    if noise is not None:
+        y = y + s * noise.to(compute_dtype)
+    elif noisy:
+        y = y + s * randn_ref(x.shape, seed, offset, dtype=torch.float64, device=x.device).to(compute_dtype)
+    if clamp is not None:
+        y = y.clamp(clamp[0], clamp[1])
+    return y.to(x.dtype)
