@@ -192,7 +192,7 @@ def philox(counter: torch.Tensor, seed: int, *, backend: str = "auto") -> torch.
     if be == "reference":
         return reference.philox_ref(counter, seed)
     if be == "triton":
-        return _triton_ops().philox(counter, seed)
+        return _triton_ops().philox(counter, _as_i64(seed))
     _register_fakes()
     return torch.ops.fastlangevin.philox(counter.contiguous(), _as_i64(seed))
 
@@ -225,7 +225,7 @@ def randn(
         return reference.randn_ref(shape, seed, offset, dtype=dtype, device=device)
     out = torch.empty(shape, dtype=dtype, device=device)
     if be == "triton":
-        _triton_ops().randn_out(out, seed, offset)
+        _triton_ops().randn_out(out, _as_i64(seed), _as_i64(offset))
     else:
         _register_fakes()
         torch.ops.fastlangevin.randn_out(out, _as_i64(seed), _as_i64(offset))
@@ -296,7 +296,7 @@ def langevin_step(
     y = out if direct else torch.empty_like(xc, memory_format=torch.contiguous_format)
     args = (xc, gc, nc, step_t, std_t, a_f, s_f, inv_ref, clip, lo, hi)
     if be == "triton":
-        _triton_ops().langevin_step_out(*args, seed, offset, y)
+        _triton_ops().langevin_step_out(*args, _as_i64(seed), _as_i64(offset), y)
     else:
         _register_fakes()
         torch.ops.fastlangevin.langevin_step_out(*args, _as_i64(seed), _as_i64(offset), y)

@@ -1,0 +1,9 @@
+"""Energies for fastlangevin demos and trainers.
+
+    from models import eight_gaussians
+    target = eight_gaussians()          # GaussianMixture2D: x [N, 2] -> U(x) [N]
+    x = target.sample_exact(1000, torch.Generator().manual_seed(0))
+"""
+from .toy import GaussianMixture2D, eight_gaussians, log_density_grid
+
+__all__ = ["GaussianMixture2D", "eight_gaussians", "log_density_grid"]
