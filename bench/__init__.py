@@ -1,0 +1,1 @@
+"""Benchmarks for fastlangevin: ``python -m bench [--quick] [--device cpu|cuda]``."""

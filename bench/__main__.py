@@ -1,0 +1,74 @@
+"""Run every benchmark module: ``python -m bench [--quick] [--device cpu|cuda] [--only NAME ...]``.
+
+A benchmark module (bench/<module>.py) provides:
+
+    NAME                          short name, e.g. "langevin"
+    run(device, quick) -> dict    measure; the payload has "name", "env", "rows"
+    report(payload)               print env info and the results table
+
+This runner calls each in turn, writes each payload with common.write_results, and ends with a
+one-line-per-module summary. A module that fails to import or run is reported and the others
+still run; the exit status is 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from typing import Optional, Sequence
+
+from . import common
+
+# Modules in run order. Add new ones here (bench_jarzynski, bench_resample, chains) once they
+# exist; they are imported lazily so a broken or missing one does not stop the others.
+BENCHES: list[str] = [
+    "bench_langevin",
+]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description="Run the fastlangevin benchmarks.")
+    p.add_argument("--quick", action="store_true", help="smallest sizes, few iterations (a smoke run)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
+    p.add_argument("--only", nargs="+", metavar="MODULE", choices=BENCHES, help="run only these modules")
+    args = p.parse_args(argv)
+    device = args.device or common.default_device()
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA GPU is visible")
+
+    summary = []
+    for mod_name in args.only or BENCHES:
+        t0 = time.perf_counter()
+        entry = {"module": mod_name, "status": "ok", "rows": None, "seconds": None, "json": None}
+        try:
+            mod = importlib.import_module(f"{__package__}.{mod_name}")
+            payload = mod.run(device, args.quick)
+            mod.report(payload)
+            path = common.write_results(payload.get("name", getattr(mod, "NAME", mod_name)), payload)
+            print(f"\nwrote {path}\n")
+            rows = payload.get("rows", [])
+            entry["rows"] = len(rows)
+            entry["json"] = str(path.relative_to(common.REPO_ROOT)) if path.is_relative_to(common.REPO_ROOT) else str(path)
+            # Rows that carry no time (compile failures, skipped backends) are worth a glance.
+            missing = sum(1 for r in rows if r.get("time_s") is None)
+            if missing:
+                entry["status"] = f"ok ({missing} rows without a time)"
+        except Exception as e:
+            traceback.print_exc()
+            entry["status"] = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        entry["seconds"] = time.perf_counter() - t0
+        summary.append(entry)
+
+    print("== summary")
+    common.print_table(summary, [("module", "module"), ("status", "status"), ("rows", "rows"),
+                                 ("seconds", "seconds", ".1f"), ("json", "results")])
+    return 1 if any(e["status"].startswith("FAILED") for e in summary) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

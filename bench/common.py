@@ -1,0 +1,268 @@
+"""Shared helpers for the benchmark modules: environment record, timer, JSON results, tables.
+
+Nothing here imports fastlangevin; the helpers only need torch (and git, optionally).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# --------------------------------------------------------------------------------------------
+# environment
+# --------------------------------------------------------------------------------------------
+
+def default_device() -> str:
+    """"cuda" when a CUDA GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cpu_model() -> str:
+    """The "model name" line of /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        r = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def git_commit() -> Optional[str]:
+    """Short HEAD hash, with "-dirty" when the work tree has changes (untracked files count:
+    a new kernel file not yet added changes what runs); None outside a git checkout.
+
+    bench/results/ is left out of the check: the JSON files a run writes there are not code,
+    and counting them would mark every run after the first as dirty.
+    """
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
+        return None
+    status = _git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR.relative_to(REPO_ROOT).as_posix()}")
+    dirty = status is not None and status.strip() != ""
+    return head.strip() + ("-dirty" if dirty else "")
+
+
+def env_info(device: Union[str, torch.device, None] = None) -> dict[str, Any]:
+    """What the numbers were measured on.
+
+    device: the device the benchmark runs on (default: cuda if visible, else cpu). It picks
+    which name is recorded, so a ``--device cpu`` run on a GPU machine names the CPU.
+    """
+    dev = torch.device(device if device is not None else default_device())
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        # os.cpu_count() counts logical CPUs; the thread count torch uses is recorded separately.
+        name = f"{_cpu_model()} ({os.cpu_count()} cores)"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:  # ImportError, or a broken install that fails while importing
+        triton_version = None
+    return {
+        "device_type": dev.type,
+        "device": name,
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "torch_threads": torch.get_num_threads(),
+        # CPU timings on a shared machine are only as good as its idleness: a busy core stalls
+        # every OpenMP barrier of a multi-threaded kernel. Recorded so such runs can be spotted.
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def print_env(env: dict[str, Any], file=None) -> None:
+    file = file or sys.stdout
+    width = max(len(k) for k in env)
+    for k, v in env.items():
+        print(f"  {k.ljust(width)}  {v}", file=file)
+
+
+def device_tag(env: dict[str, Any]) -> str:
+    """"cpu", or a filename slug of the GPU name ("NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3")."""
+    if env.get("device_type", "cpu") == "cpu":
+        return "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", str(env.get("device", "gpu")).lower()).strip("-")
+    return slug or "gpu"
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    *,
+    warmup: int,
+    iters: int,
+    device: Union[str, torch.device],
+    repeats: int = 5,
+) -> float:
+    """Median over ``repeats`` of the mean seconds per call of ``fn()`` over ``iters`` calls.
+
+    ``warmup`` untimed calls come first (allocator, caches, lazy init, autotuning). On CUDA a
+    repeat is timed with a pair of CUDA events around the ``iters`` launches, so the host launch
+    loop overlaps the GPU work as it does in a real sampler loop; on CPU with
+    time.perf_counter. The median of repeats discards one-off hiccups (another process, a page
+    fault storm) that a single long measurement would average in.
+    """
+    device = torch.device(device)
+    iters, repeats = max(1, int(iters)), max(1, int(repeats))
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / iters)  # elapsed_time is in ms
+        else:
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            times.append((time.perf_counter() - t0) / iters)
+    return statistics.median(times)
+
+
+def calibrate_iters(
+    fn: Callable[[], Any],
+    *,
+    device: Union[str, torch.device],
+    target_s: float,
+    max_iters: int = 1000,
+) -> int:
+    """Calls per repeat so that one repeat lasts about ``target_s``: one timed call (after the
+    caller's warmup) sets the count. Sizes span 4 orders of magnitude, so a fixed count would
+    either make small sizes noise-dominated or large ones take minutes."""
+    device = torch.device(device)
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    dt = max(time.perf_counter() - t0, 1e-7)
+    return max(1, min(max_iters, int(target_s / dt)))
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+def json_safe(obj):
+    """NaN/inf are not JSON; write them as null so any JSON reader can load the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
+        return str(obj)
+    return obj
+
+
+def write_results(name: str, payload: dict[str, Any], results_dir: Union[str, Path, None] = None) -> Path:
+    """Write ``payload`` as JSON to ``<results_dir>/<name>-<devicetag>-<commit>.json`` and a copy
+    to ``<name>-<devicetag>-latest.json`` (a stable path to diff against); returns the first.
+
+    The device tag and commit come from ``payload["env"]`` (see env_info); commit "unknown"
+    when git was unavailable. results_dir defaults to bench/results.
+    """
+    env = payload.get("env") or env_info()
+    out_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = device_tag(env)
+    commit = env.get("git_commit") or "unknown"
+    text = json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
+    path = out_dir / f"{name}-{tag}-{commit}.json"
+    path.write_text(text)
+    (out_dir / f"{name}-{tag}-latest.json").write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------
+
+Column = Union[str, tuple]
+
+
+def _fmt(v, fmt: Optional[str]) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "-"
+    if fmt and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, fmt)
+    return str(v)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], file=None) -> str:
+    """Print ``rows`` (dicts) as an aligned text table; returns the text.
+
+    columns: each a key, or (key, header) or (key, header, format_spec) with format_spec as in
+    format(v, spec), applied to numbers. Missing/None/non-finite values print as "-". Numeric
+    columns are right-aligned, others left-aligned.
+    """
+    cols = []
+    for c in columns:
+        if isinstance(c, str):
+            cols.append((c, c, None))
+        else:
+            key, header, *rest = c
+            cols.append((key, header, rest[0] if rest else None))
+    cells = [[_fmt(r.get(k), f) for k, _, f in cols] for r in rows]
+    numeric = [
+        all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows) and any(r.get(k) is not None for r in rows)
+        for k, _, _ in cols
+    ]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, (_, h, _) in enumerate(cols)]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+
+    out = [line([h for _, h, _ in cols]), "  ".join("-" * w for w in widths)]
+    out += [line(row) for row in cells]
+    text = "\n".join(out)
+    print(text, file=file or sys.stdout)
+    return text
