@@ -55,12 +55,11 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
 @triton.jit
 def _log_unit_f32(u):
     """ln u for u in (0, 1]: the Cephes-style polynomial of csrc/normal.h."""
-    b = u.to(tl.uint32, bitcast=True)
-    e = (b >> 23).to(tl.int32) - 126
-    m = ((b & 0x007FFFFF) | 0x3F000000).to(tl.float32, bitcast=True)
-    small = m < 0.707106781186547524
-    e = tl.where(small, e - 1, e)
-    x = tl.where(small, (m + m) - 1.0, m - 1.0)
+    # u = m 2^e with m in [sqrt(1/2), sqrt(2)) by integer arithmetic, exactly as csrc/normal.h
+    b = u.to(tl.uint32, bitcast=True) + (0x3F800000 - 0x3F3504F3)
+    e = (b >> 23).to(tl.int32) - 127
+    m = ((b & 0x007FFFFF) + 0x3F3504F3).to(tl.float32, bitcast=True)
+    x = m - 1.0
     z = x * x
     p = x * 0.0 + 7.0376836292e-2
     p = p * x - 1.1514610310e-1
