@@ -31,6 +31,8 @@ class SampleResult:
 
     x: [N, ...] final walkers; energy: [N] energies at x; trajectory: [n_steps + 1, N, ...]
     (x0 first) when return_trajectory=True, else None; backend: the backend that ran the steps.
+    With mh=True: acceptance, the mean acceptance rate over the steps after warm-up (0-d),
+    and step_size, the step size used after warm-up (adapted when adapt_steps > 0).
     """
 
     x: torch.Tensor
@@ -38,6 +40,17 @@ class SampleResult:
     trajectory: Optional[torch.Tensor]
     n_steps: int
     backend: str
+    acceptance: Optional[torch.Tensor] = None
+    step_size: Union[None, float, torch.Tensor] = None
+
+
+def check_energy_and_walkers(op: str, energy, x0) -> None:
+    """The energy is callable and x0 is a float tensor [N, ...] with N >= 1."""
+    if not callable(energy):
+        raise TypeError(f"{op}: energy must be callable (an nn.Module or a function), got {type(energy).__name__}")
+    check_float_tensor(op, "x0", x0)
+    if x0.dim() < 1 or x0.shape[0] == 0:
+        raise ValueError(f"{op}: x0 must have shape [N, ...] with N >= 1, got [{', '.join(map(str, x0.shape))}]")
 
 
 def _check_energy_output(op: str, u, x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +126,9 @@ def sample(
     progress: bool = False,
     return_trajectory: bool = False,
     check_every: Optional[int] = None,
+    mh: bool = False,
+    adapt_steps: int = 0,
+    target_accept: float = 0.574,
 ) -> SampleResult:
     """Run ``n_steps`` Langevin steps from x0 ([N, ...]) on ``energy`` ([N, ...] -> [N], lower is
     likelier; an nn.Module or a function, differentiated by autograd):
@@ -127,13 +143,17 @@ def sample(
     Raises NonFiniteError naming the step and the number of walkers if the energy or its
     gradient turns NaN/inf (checked on the host every ``check_every`` steps: 1 on CPU, 100 on
     GPU, where each check is a device synchronisation).
+
+    ``mh=True`` makes it MALA: each proposal y is accepted with probability
+    min(1, exp(alpha(x, y) - alpha(y, x))) (fastlangevin.weights.jarzynski_increment with the
+    parameters fixed), the uniform drawn from the Philox stream at offset MH_STREAM | k; one
+    energy evaluation per step (at the proposal). During the first ``adapt_steps`` steps the
+    step size adapts toward ``target_accept`` (log a += 0.1 (rate - target) per step; the
+    default noise sqrt(2 a) follows); those steps are not counted in ``acceptance``. Clamping
+    and gradient clipping break the proposal density, so they are refused with mh=True.
     """
     op = "sample"
-    if not callable(energy):
-        raise TypeError(f"{op}: energy must be callable (an nn.Module or a function), got {type(energy).__name__}")
-    check_float_tensor(op, "x0", x0)
-    if x0.dim() < 1 or x0.shape[0] == 0:
-        raise ValueError(f"{op}: x0 must have shape [N, ...] with N >= 1, got [{', '.join(map(str, x0.shape))}]")
+    check_energy_and_walkers(op, energy, x0)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
     a = check_positive(op, "step_size", step_size, x0)
@@ -146,6 +166,21 @@ def sample(
     be = _backend.resolve(op, backend, x0.device)
     if check_every is None:
         check_every = 1 if x0.device.type == "cpu" else 100
+    if mh:
+        if clamp is not None or grad_clip is not None:
+            raise ValueError(f"{op}: mh=True cannot be combined with clamp or grad_clip: they change the "
+                             "proposal density, so the Metropolis-Hastings ratio would be wrong")
+        if isinstance(adapt_steps, bool) or not isinstance(adapt_steps, int) or not 0 <= adapt_steps <= n_steps:
+            raise ValueError(f"{op}: adapt_steps must be an int in [0, n_steps], got {adapt_steps!r}")
+        if adapt_steps and noise_std is not None:
+            raise ValueError(f"{op}: step-size adaptation needs the default noise_std = sqrt(2 step_size)")
+        if not 0.0 < target_accept < 1.0:
+            raise ValueError(f"{op}: target_accept must be in (0, 1), got {target_accept!r}")
+        if not torch.is_tensor(s) and s == 0.0:
+            raise ValueError(f"{op}: mh=True needs noise_std > 0 (the proposal density must exist)")
+        return _sample_mala(energy, x0, n_steps, a, noise_std, seed=seed, offset=offset, ref_var=ref_var, backend=be,
+                            progress=progress, return_trajectory=return_trajectory, check_every=check_every,
+                            adapt_steps=adapt_steps, target_accept=target_accept)
 
     x = x0.detach().clone(memory_format=torch.contiguous_format)
     traj = [x.clone()] if return_trajectory else None
@@ -174,3 +209,68 @@ def sample(
     return SampleResult(
         x=x, energy=u, trajectory=torch.stack(traj) if traj is not None else None, n_steps=n_steps, backend=be
     )
+
+
+def _scaled_step(a, log_scale: torch.Tensor, n: int) -> torch.Tensor:
+    """a * exp(log_scale) as a per-walker float64 tensor [n] on log_scale's device."""
+    scale = torch.exp(log_scale)
+    if torch.is_tensor(a):
+        return a.to(torch.float64) * scale
+    return (a * scale).expand(n).contiguous()
+
+
+def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, backend, progress, return_trajectory,
+                 check_every, adapt_steps, target_accept) -> SampleResult:
+    """The MALA branch of sample(); arguments already validated."""
+    from .resample import uniforms
+    from .walkers import MH_STREAM
+    from .weights import jarzynski_increment
+
+    op = "sample"
+    mask64 = (1 << 64) - 1
+    x = x0.detach().clone(memory_format=torch.contiguous_format)
+    n, dev = x.shape[0], x.device
+    u_x, g_x = energy_and_grad(energy, x, op)
+    watch = _NonFiniteWatch(op, dev, check_every)
+    watch.update(-1, u_x, g_x)
+    traj = [x.clone()] if return_trajectory else None
+    # Adaptation keeps log a as a 0-d device tensor (no host sync); a per-walker step tensor
+    # is scaled by the same factor.
+    log_scale = torch.zeros((), dtype=torch.float64, device=dev)
+    accepted = torch.zeros((), dtype=torch.float64, device=dev)
+    steps = range(n_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="sample (MALA)", unit="step")
+    a_k, s_k = a, noise_std
+    for k in steps:
+        if adapt_steps and k <= adapt_steps:
+            a_k = _scaled_step(a, log_scale, n)
+            s_k = None
+        s_used = default_noise_std(a_k) if s_k is None else s_k
+        y = langevin_step(x, g_x, a_k, s_used, seed=seed, offset=(offset + k) & mask64, ref_var=ref_var,
+                          backend=backend)
+        u_y, g_y = energy_and_grad(energy, y, op)
+        watch.update(k, u_y, g_y)
+        log_r = jarzynski_increment(x, g_x, u_x, y, g_y, u_y, a_k, s_used, ref_var=ref_var, backend=backend)
+        u = uniforms(n, seed=seed, offset=MH_STREAM | ((offset + k) & (MH_STREAM - 1)), device=dev)
+        acc = torch.log(u) < log_r  # NaN ratios reject (and the watch reports them)
+        shape = (n,) + (1,) * (x.dim() - 1)
+        x = torch.where(acc.view(shape), y, x)
+        g_x = torch.where(acc.view(shape), g_y, g_x)
+        u_x = torch.where(acc, u_y, u_x)
+        rate = acc.to(torch.float64).mean()
+        if k < adapt_steps:
+            log_scale = log_scale + 0.1 * (rate - target_accept)
+        else:
+            accepted = accepted + rate
+        if traj is not None:
+            traj.append(x.clone())
+    watch.check()
+    counted = n_steps - adapt_steps
+    acceptance = accepted / counted if counted > 0 else torch.full((), float("nan"), dtype=torch.float64, device=dev)
+    if adapt_steps:
+        a_k = _scaled_step(a, log_scale, n)
+    return SampleResult(x=x, energy=u_x, trajectory=torch.stack(traj) if traj is not None else None, n_steps=n_steps,
+                        backend=backend, acceptance=acceptance, step_size=a_k)

@@ -16,6 +16,7 @@
 
 #include "../normal.h"
 #include "../philox.h"
+#include "../step_checks.h"
 
 namespace fastlangevin {
 namespace {
@@ -171,17 +172,12 @@ void langevin_step_out_cuda(const at::Tensor& x, const at::Tensor& grad, const s
                             const std::optional<at::Tensor>& step_t, const std::optional<at::Tensor>& std_t,
                             double step, double noise_std, double inv_ref_var, double grad_clip, double clamp_lo,
                             double clamp_hi, int64_t seed, int64_t offset, at::Tensor& out) {
-  TORCH_CHECK(x.is_contiguous() && grad.is_contiguous() && out.is_contiguous(),
-              "langevin_step: x, grad and out must be contiguous");
-  TORCH_CHECK(grad.numel() == x.numel() && out.numel() == x.numel(), "langevin_step: grad/out numel != x numel");
+  check_step_args(x, grad, noise, step_t, std_t, out);
+  TORCH_CHECK(!noise || noise->scalar_type() == x.scalar_type(), "langevin_step: noise must have x's dtype");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.numel();
   if (n == 0) return;
   const int64_t rows = x.size(0);
-  if (noise) TORCH_CHECK(noise->is_contiguous() && noise->numel() == n && noise->scalar_type() == x.scalar_type(),
-                         "langevin_step: noise must be contiguous, like x");
-  if (step_t) TORCH_CHECK(step_t->is_contiguous() && step_t->numel() == rows, "langevin_step: step_size must be [N]");
-  if (std_t) TORCH_CHECK(std_t->is_contiguous() && std_t->numel() == rows, "langevin_step: noise_std must be [N]");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "langevin_step_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     StepArgs<acc_t> p;

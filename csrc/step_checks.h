@@ -1,0 +1,32 @@
+// Host-side guards shared by the CPU and CUDA launchers of langevin_step_out. The Python layer
+// (fastlangevin/ops.py) validates shapes, dtypes and devices with friendly messages; these checks
+// only keep direct callers of torch.ops.fastlangevin.* from reading out of bounds.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace fastlangevin {
+
+inline void check_step_args(const at::Tensor& x, const at::Tensor& grad, const std::optional<at::Tensor>& noise,
+                            const std::optional<at::Tensor>& step_t, const std::optional<at::Tensor>& std_t,
+                            const at::Tensor& out) {
+  TORCH_CHECK(x.dim() >= 1, "langevin_step: x must be [N, ...]");
+  TORCH_CHECK(x.is_contiguous() && grad.is_contiguous() && out.is_contiguous(),
+              "langevin_step: x, grad and out must be contiguous");
+  TORCH_CHECK(grad.numel() == x.numel() && out.numel() == x.numel(), "langevin_step: grad/out numel != x numel");
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && out.scalar_type() == x.scalar_type(),
+              "langevin_step: grad and out must have x's dtype");
+  const int64_t rows = x.size(0);
+  if (noise) TORCH_CHECK(noise->is_contiguous() && noise->numel() == x.numel(), "langevin_step: bad noise tensor");
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (step_t)
+    TORCH_CHECK(step_t->is_contiguous() && step_t->numel() == rows && step_t->scalar_type() == acc,
+                "langevin_step: step_size must be a contiguous [N] tensor of the accumulation dtype");
+  if (std_t)
+    TORCH_CHECK(std_t->is_contiguous() && std_t->numel() == rows && std_t->scalar_type() == acc,
+                "langevin_step: noise_std must be a contiguous [N] tensor of the accumulation dtype");
+}
+
+}  // namespace fastlangevin
