@@ -3,10 +3,12 @@
 // resample_ref); the uniforms in csrc/philox.h (resample_uniform).
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "philox.h"
@@ -44,6 +46,19 @@ inline ResampleScheme parse_resample_scheme(c10::string_view s) {
   if (s == "residual") return ResampleScheme::kResidual;
   TORCH_CHECK_VALUE(false, "resample: scheme must be one of multinomial, stratified, systematic, residual; got '",
                     std::string(s), "'");
+}
+
+// Host only. Arguments are validated in fastlangevin/resample.py; these checks guard direct
+// callers of torch.ops.fastlangevin.resample from reading out of bounds.
+inline void check_resample_args(const at::Tensor& log_w, const std::optional<at::Tensor>& uniforms) {
+  TORCH_CHECK(log_w.dim() == 1 && log_w.size(0) >= 1 &&
+                  (log_w.scalar_type() == at::kFloat || log_w.scalar_type() == at::kDouble),
+              "resample: log_w must be float32 or float64 [N], N >= 1");
+  if (uniforms) {
+    TORCH_CHECK(uniforms->dim() == 1 && uniforms->size(0) == log_w.size(0) &&
+                    uniforms->scalar_type() == at::kDouble && uniforms->device() == log_w.device(),
+                "resample: uniforms must be float64 [N] on log_w's device");
+  }
 }
 
 }  // namespace fastlangevin

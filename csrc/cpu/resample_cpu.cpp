@@ -70,18 +70,9 @@ int64_t cap_cdf(double* cum, const double* w, int64_t n) {
 
 at::Tensor resample_cpu(const at::Tensor& log_w, c10::string_view scheme_name, const std::optional<at::Tensor>& uniforms,
                         int64_t seed, int64_t offset) {
-  // Arguments are validated in fastlangevin/resample.py; these checks guard direct callers of
-  // torch.ops.fastlangevin.resample from reading out of bounds.
   const ResampleScheme scheme = parse_resample_scheme(scheme_name);
-  TORCH_CHECK(log_w.dim() == 1 && log_w.size(0) >= 1 &&
-                  (log_w.scalar_type() == at::kFloat || log_w.scalar_type() == at::kDouble),
-              "resample: log_w must be float32 or float64 [N], N >= 1");
+  check_resample_args(log_w, uniforms);
   const int64_t n = log_w.size(0);
-  if (uniforms) {
-    TORCH_CHECK(uniforms->dim() == 1 && uniforms->size(0) == n && uniforms->scalar_type() == at::kDouble &&
-                    uniforms->device() == log_w.device(),
-                "resample: uniforms must be float64 [N] on log_w's device");
-  }
   auto out = at::empty({n}, log_w.options().dtype(at::kLong));
   int64_t* a = out.data_ptr<int64_t>();
   const at::Tensor lw = log_w.to(at::kDouble).contiguous();
@@ -168,7 +159,10 @@ at::Tensor resample_cpu(const at::Tensor& log_w, c10::string_view scheme_name, c
         for (int64_t j = j0; j < j1; ++j) a[j] = std::min(count_le(c, n, uj[j - j0]), last);
         continue;
       }
-      // sorted positions: binary search for the first, then walk
+      // Sorted positions: a binary search for the first, then a merge walk. Measured on the
+      // 2-core dev box, N = 10^6 systematic on one thread: 30 ms in all, about 20 ms of it in
+      // this walk (its exits are coin flips: branch misses); a branch-free walk (advance i or j
+      // per step) was 26 ms, not worth the less obvious code. torch.multinomial: 295 ms.
       auto pos = [&](int64_t j) {
         return strat_position(j, scheme == ResampleScheme::kSystematic ? u0 : uj[j - j0], n);
       };

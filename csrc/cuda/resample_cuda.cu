@@ -20,17 +20,10 @@
 
 #include "../philox.h"
 #include "../resample.h"
+#include "launch.cuh"
 
 namespace fastlangevin {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline int grid_for(int64_t work_items) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want = (work_items + kThreads - 1) / kThreads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, static_cast<int64_t>(sms) * 32)));
-}
 
 __global__ void resample_uniforms_kernel(double* __restrict__ out, int64_t n, uint64_t seed, uint64_t offset) {
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < n;
@@ -96,15 +89,8 @@ at::Tensor capped_cdf(const at::Tensor& cum, const at::Tensor& last, const at::T
 at::Tensor resample_cuda(const at::Tensor& log_w, c10::string_view scheme_name, const std::optional<at::Tensor>& uniforms,
                          int64_t seed, int64_t offset) {
   const ResampleScheme scheme = parse_resample_scheme(scheme_name);
-  TORCH_CHECK(log_w.dim() == 1 && log_w.size(0) >= 1 &&
-                  (log_w.scalar_type() == at::kFloat || log_w.scalar_type() == at::kDouble),
-              "resample: log_w must be float32 or float64 [N], N >= 1");
+  check_resample_args(log_w, uniforms);
   const int64_t n = log_w.size(0);
-  if (uniforms) {
-    TORCH_CHECK(uniforms->dim() == 1 && uniforms->size(0) == n && uniforms->scalar_type() == at::kDouble &&
-                    uniforms->device() == log_w.device(),
-                "resample: uniforms must be float64 [N] on log_w's device");
-  }
   const c10::cuda::CUDAGuard guard(log_w.device());
   // resample_tables of fastlangevin/reference.py, op for op
   const at::Tensor lw = log_w.to(at::kDouble).contiguous();

@@ -99,7 +99,7 @@ def _resample_kernel(
 
 def _block(t: torch.Tensor, n: int, block):
     """kernels/langevin.py's block, but no larger than n needs: the interpreter evaluates every
-    lane, so a 50-walker call on a 65536 block costs 1000x the work."""
+    lane, masked or not, so a 40-walker call would otherwise run its binary search on 65536."""
     return block or max(16, min(_block_for(t, None), triton.next_power_of_2(n)))
 
 
