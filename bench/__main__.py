@@ -25,6 +25,7 @@ from . import common
 # exist; they are imported lazily so a broken or missing one does not stop the others.
 BENCHES: list[str] = [
     "bench_langevin",
+    "bench_resample",
 ]
 
 

@@ -3,6 +3,7 @@
 * test_quick_run: bench_langevin.run("cpu", quick=True) runs and returns positive finite
   times for eager and the cpu backend. No assertion on speed: timings on shared CI machines
   are noise, and a benchmark that fails because a neighbour was busy teaches nothing.
+* test_quick_run_resample: the same for bench_resample (every scheme on the cpu backend).
 * test_benchmark_*: the same step under pytest-benchmark (``pytest bench/ --benchmark-only``),
   eager vs fastlangevin in one group so its table compares them; skipped without the plugin.
 """
@@ -47,6 +48,20 @@ def test_quick_run():
     # Every other row either has a time or says why not.
     for r in rows:
         assert r["time_s"] is not None or r["note"], r
+
+
+def test_quick_run_resample():
+    """bench_resample.run("cpu", quick=True): every scheme on the cpu backend has a positive time
+    and both ratios; the baseline row is there."""
+    _require_cpu_backend()
+    from bench import bench_resample
+
+    rows = bench_resample.run("cpu", quick=True)["rows"]
+    assert [r for r in rows if r["method"] == bench_resample.BASELINE and r["time_s"]], rows
+    for scheme in bench_resample.SCHEMES:
+        (r,) = [r for r in rows if r["scheme"] == scheme and r["method"] == "cpu"]
+        assert math.isfinite(r["time_s"]) and r["time_s"] > 0, r
+        assert r["vs_multinomial"] > 0 and r["vs_reference"] > 0, r
 
 
 if not HAVE_PYTEST_BENCHMARK:

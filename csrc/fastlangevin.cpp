@@ -28,4 +28,10 @@ TORCH_LIBRARY(fastlangevin, m) {
       "langevin_step_out(Tensor x, Tensor grad, Tensor? noise, Tensor? step_t, Tensor? std_t, float step, "
       "float noise_std, float inv_ref_var, float grad_clip, float clamp_lo, float clamp_hi, int seed, "
       "int offset, Tensor(a!) out) -> ()");
+  // out: float64 [n], filled with the resampling uniforms u_0 .. u_{n-1} of stream (seed, offset).
+  m.def("resample_uniforms_out(Tensor(a!) out, int seed, int offset) -> ()");
+  // log_w: float32/float64 [N] -> int64 [N] ancestor indices (all -1 when log_w has a NaN or +inf
+  // or is all -inf); scheme: multinomial, stratified, systematic or residual; uniforms: float64
+  // [N] or the uniforms of stream (seed, offset).
+  m.def("resample(Tensor log_w, str scheme, Tensor? uniforms, int seed, int offset) -> Tensor");
 }

@@ -15,6 +15,14 @@
 //   transcendental part from the same numbers and only the last-ulp accuracy of log/sin/cos
 //   differs (the tests bound it). 24-bit uniforms cap |z| at sqrt(48 ln 2) = 5.77, the same cap
 //   as PyTorch's own float32 CPU normal_ (P(|z| > 5.77) = 7.9e-9).
+//
+//   Resampling uniforms (fastlangevin.resample.uniforms) are a second map of the same words.
+//   Uniform j of stream (seed, offset) uses block j >> 1 (the counter above with i >> 2
+//   replaced by j >> 1) and the words (w_a, w_b) = (w0, w1) for even j, (w2, w3) for odd j:
+//       u_j = ((w_a >> 5) * 2^26 + (w_b >> 6)) * 2^-53     in [0, 1), float64, 53 random bits
+//   (the integer is below 2^53, so every backend produces the same double exactly). 53 bits,
+//   not 24: a position (j + u) / N must resolve cdf steps of single walkers at N = 10^6 and
+//   weights far below 2^-24.
 #pragma once
 
 #include <cstdint>
@@ -84,6 +92,19 @@ FL_HD float uniform_radius(uint32_t w) {
 }
 FL_HD float uniform_angle(uint32_t w) {
   return static_cast<float>(w >> 8) * kTwoPow24Inv;
+}
+
+constexpr double kTwoPow53Inv = 1.1102230246251565404e-16;  // 2^-53
+
+// The float64 resampling uniform of words (w_a, w_b): exact, in [0, 1).
+FL_HD double uniform53(uint32_t wa, uint32_t wb) {
+  return static_cast<double>((static_cast<uint64_t>(wa >> 5) << 26) | static_cast<uint64_t>(wb >> 6)) * kTwoPow53Inv;
+}
+
+// Resampling uniform j of stream (seed, offset).
+FL_HD double resample_uniform(uint64_t seed, uint64_t offset, uint64_t j) {
+  const Words4 w = philox_block(seed, offset, j >> 1);
+  return (j & 1) ? uniform53(w.w[2], w.w[3]) : uniform53(w.w[0], w.w[1]);
 }
 
 }  // namespace fastlangevin

@@ -20,6 +20,15 @@ and the four output words ``(w0, w1, w2, w3)`` of a counter become four normals 
 
 The reference computes the transcendental part in float64 from the exact uniforms, so it is
 the truth the float32 kernels are measured against.
+
+Resampling uniforms (``fastlangevin.resample.uniforms``) are a second map of the same words.
+Uniform ``j`` of stream ``(seed, offset)`` uses Philox block ``j >> 1`` (the counter above with
+``i >> 2`` replaced by ``j >> 1``) and the words ``(w_a, w_b) = (w0, w1)`` for even ``j``,
+``(w2, w3)`` for odd ``j``:
+
+    u_j = ((w_a >> 5) * 2**26 + (w_b >> 6)) * 2**-53      # float64 in [0, 1), 53 random bits
+
+The integer is below 2**53, so every backend produces the same double exactly.
 """
 from __future__ import annotations
 
@@ -81,7 +90,7 @@ def stream_counters(n_blocks: int, offset: int, device=None) -> torch.Tensor:
     return c
 
 
-def uniforms_ref(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def box_muller_uniforms_ref(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Radius and angle uniforms (float64, exact) of a [n, 4] word tensor: each [n, 2]."""
     w = words.view(-1, 2, 2)  # pairs (w0, w1), (w2, w3)
     scale = 2.0**-24
@@ -92,7 +101,7 @@ def uniforms_ref(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def normals_from_words(words: torch.Tensor) -> torch.Tensor:
     """Box-Muller in float64: [n, 4] words -> [n * 4] normals, in element order."""
-    u_r, u_t = uniforms_ref(words)
+    u_r, u_t = box_muller_uniforms_ref(words)
     rad = torch.sqrt(-2.0 * torch.log(u_r))
     ang = (2.0 * math.pi) * u_t
     z = torch.stack([rad * torch.cos(ang), rad * torch.sin(ang)], dim=-1)  # [n, 2 pairs, 2]
@@ -154,3 +163,109 @@ def langevin_step_ref(
     if clamp is not None:
         y = y.clamp(clamp[0], clamp[1])
     return y.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# SMC resampling
+# --------------------------------------------------------------------------------------------
+
+RESAMPLE_SCHEMES = ("multinomial", "stratified", "systematic", "residual")
+
+
+def uniforms_ref(n: int, seed: int, offset: int = 0, device="cpu") -> torch.Tensor:
+    """The float64 resampling uniforms u_0 .. u_{n-1} of stream (seed, offset): [n]."""
+    words = philox_ref(stream_counters((n + 1) // 2, offset, device=device), seed)
+    pairs = words.reshape(-1, 2)[:n]  # block b gives pairs 2b = (w0, w1) and 2b + 1 = (w2, w3)
+    bits = ((pairs[:, 0] >> 5) << 26) | (pairs[:, 1] >> 6)  # < 2**53: exact in float64
+    return bits.to(torch.float64) * 2.0**-53
+
+
+def _capped_cdf(cum: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """min(cum, 1), and exactly 1 from entry ``last`` (the last positive weight) on."""
+    idx = torch.arange(cum.shape[0], device=cum.device)
+    return torch.where(idx >= last, 1.0, cum.clamp(max=1.0))
+
+
+def _last_positive(v: torch.Tensor) -> torch.Tensor:
+    """0-d int64: the largest i with v[i] > 0, or -1."""
+    idx = torch.arange(v.shape[0], device=v.device)
+    return torch.where(v > 0, idx, -1).amax()
+
+
+def resample_tables(log_w: torch.Tensor, scheme: str) -> dict[str, torch.Tensor]:
+    """The tables every backend searches, from float32/float64 log-weights [N] (torch ops
+    only: no host sync). All float64 except the int64 indices and counts:
+
+      lw_max  0-d   max(log_w); not finite (NaN, +inf, all -inf) means no valid weights
+      cdf     [N]   w = softmax(log_w) (max-shifted: exp of log-weights minus their max),
+                    cumsum(w), capped at 1, and exactly 1 from the last positive weight on
+      last    0-d   index of the last positive weight; ancestors are clamped to it
+    residual only:
+      counts_cum [N] cumsum(floor(N w))             (its last entry is F)
+      res_cdf    [N] cumsum(N w - floor(N w)) / its last entry, capped and forced like cdf
+      res_last   0-d index of the last positive residual weight (-1 if F = N)
+
+    Forcing 1 from the last positive weight (not only at N - 1) and clamping to that walker
+    (not to N - 1) keeps zero-weight walkers at the end unreachable even when rounding leaves
+    cumsum(w) a few ulps below 1 or a position (j + u) / N rounds up to 1.
+    """
+    lw = log_w.to(torch.float64)
+    n = lw.shape[0]
+    w = torch.softmax(lw, 0)
+    last = _last_positive(w)
+    t = {"lw_max": lw.amax(), "cdf": _capped_cdf(torch.cumsum(w, 0), last), "last": last}
+    if scheme == "residual":
+        nw = w * n
+        c = torch.floor(nw)
+        r = nw - c
+        res_cum = torch.cumsum(r, 0)
+        res_last = _last_positive(r)
+        t["counts_cum"] = torch.cumsum(c.to(torch.int64), 0)
+        t["res_cdf"] = _capped_cdf(res_cum / res_cum[-1], res_last)
+        t["res_last"] = res_last
+    return t
+
+
+def resample_ref(
+    log_w: torch.Tensor,
+    scheme: str = "systematic",
+    *,
+    seed: int = 0,
+    offset: int = 0,
+    uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Ancestor indices, int64 [N], for log-weights [N], written out.
+
+    u = ``uniforms`` (float64 [N]) or uniforms_ref(N, seed, offset). The ancestor of a position
+    p is min(#{i : cdf_i <= p}, last) (tables from resample_tables), so a walker is picked
+    only through its own step of the cdf:
+
+      multinomial  slot j: p = u_j
+      stratified   slot j: p = (j + u_j) / N
+      systematic   slot j: p = (j + u_0) / N
+      residual     slot j < F: walker i for C_{i-1} <= j < C_i (C = counts_cum, F = C_{N-1});
+                   slot j >= F: min(#{i : res_cdf_i <= u_j}, res_last)
+
+    All float64. Log-weights with a NaN or +inf, or all -inf, give ancestors all -1.
+    """
+    n = log_w.shape[0]
+    t = resample_tables(log_w, scheme)
+    if uniforms is None:
+        uniforms = uniforms_ref(1 if scheme == "systematic" else n, seed, offset, device=log_w.device)
+    u = uniforms.to(torch.float64)
+    idx = torch.arange(n, device=log_w.device)
+    if scheme == "residual":
+        det = torch.searchsorted(t["counts_cum"], idx, right=True)
+        res = torch.minimum(torch.searchsorted(t["res_cdf"], u, right=True), t["res_last"])
+        a = torch.where(idx < t["counts_cum"][-1], det, res)
+    else:
+        if scheme == "multinomial":
+            p = u
+        elif scheme == "stratified":
+            p = (idx.to(torch.float64) + u) / n
+        elif scheme == "systematic":
+            p = (idx.to(torch.float64) + u[0]) / n
+        else:
+            raise ValueError(f"resample_ref: scheme must be one of {RESAMPLE_SCHEMES}, got {scheme!r}")
+        a = torch.minimum(torch.searchsorted(t["cdf"], p, right=True), t["last"])
+    return torch.where(torch.isfinite(t["lw_max"]), a, -1)

@@ -17,19 +17,10 @@
 #include "../normal.h"
 #include "../philox.h"
 #include "../step_checks.h"
+#include "launch.cuh"
 
 namespace fastlangevin {
 namespace {
-
-// 256 threads x 4 elements = 1024 elements per CTA. The step is bandwidth-bound; the grid-stride
-// loop caps the grid at 32 CTAs per SM so each thread streams several blocks.
-constexpr int kThreads = 256;
-
-inline int grid_for(int64_t work_items) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want = (work_items + kThreads - 1) / kThreads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, static_cast<int64_t>(sms) * 32)));
-}
 
 __global__ void philox_kernel(const int64_t* __restrict__ counter,  // [n, 4]
                               int64_t* __restrict__ out,            // [n, 4]

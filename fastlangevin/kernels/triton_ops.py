@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from . import langevin as _k
+from . import resample as _r
 
 
 @torch.library.custom_op("fastlangevin_triton::philox", mutates_args=())
@@ -47,3 +48,23 @@ def langevin_step_out(
 @langevin_step_out.register_fake
 def _(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo, clamp_hi, seed, offset, out):
     return None
+
+
+@torch.library.custom_op("fastlangevin_triton::resample_uniforms_out", mutates_args=("out",))
+def resample_uniforms_out(out: torch.Tensor, seed: int, offset: int) -> None:
+    _r.resample_uniforms_out_triton(out, seed, offset)
+
+
+@resample_uniforms_out.register_fake
+def _(out, seed, offset):
+    return None
+
+
+@torch.library.custom_op("fastlangevin_triton::resample", mutates_args=())
+def resample(log_w: torch.Tensor, scheme: str, uniforms: Optional[torch.Tensor], seed: int, offset: int) -> torch.Tensor:
+    return _r.resample_triton(log_w, scheme, uniforms, seed, offset)
+
+
+@resample.register_fake
+def _(log_w, scheme, uniforms, seed, offset):
+    return torch.empty(log_w.shape, dtype=torch.int64, device=log_w.device)
