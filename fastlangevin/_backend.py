@@ -48,6 +48,13 @@ def _triton() -> tuple[bool, str]:
 
 def backends() -> dict[str, bool | str]:
     """Backend name -> True, or a string saying why it is unavailable here."""
+    return dict(_backends_cached(triton_interpret()))
+
+
+@functools.lru_cache(maxsize=None)
+def _backends_cached(interpret: bool) -> tuple:
+    # Cached: every op resolves its backend on every call, and rebuilding this (a dispatcher
+    # query, torch.cuda.is_available()) cost ~50 us per call, as much as a small resampling.
     out: dict[str, bool | str] = {"reference": True}
     ok, why = _extension()
     out["cpu"] = True if ok else why
@@ -62,16 +69,16 @@ def backends() -> dict[str, bool | str]:
     ok, why = _triton()
     if not ok:
         out["triton"] = why
-    elif not (torch.cuda.is_available() or triton_interpret()):
+    elif not (torch.cuda.is_available() or interpret):
         out["triton"] = "no GPU is visible and TRITON_INTERPRET=1 is not set (set it before importing triton to run on CPU tensors)"
     else:
         out["triton"] = True
-    return out
+    return tuple(out.items())
 
 
 def _available(name: str, device: torch.device) -> str | None:
     """None if `name` can run on tensors of `device`, else the reason it cannot."""
-    status = backends()[name]
+    status = dict(_backends_cached(triton_interpret()))[name]
     if status is not True:
         return status
     if name == "cpu" and device.type != "cpu":
