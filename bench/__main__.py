@@ -21,11 +21,12 @@ from typing import Optional, Sequence
 
 from . import common
 
-# Modules in run order. Add new ones here (bench_jarzynski, bench_resample, chains) once they
+# Modules in run order. Add new ones here (bench_resample, chains) once they
 # exist; they are imported lazily so a broken or missing one does not stop the others.
 BENCHES: list[str] = [
     "bench_langevin",
     "bench_resample",
+    "bench_jarzynski",
 ]
 
 

@@ -4,6 +4,8 @@
   times for eager and the cpu backend. No assertion on speed: timings on shared CI machines
   are noise, and a benchmark that fails because a neighbour was busy teaches nothing.
 * test_quick_run_resample: the same for bench_resample (every scheme on the cpu backend).
+* test_jarzynski_quick_run: the same for bench_jarzynski: step, weighted step and increment
+  timed for eager and the cpu backend, and the weighted/step ratio reported.
 * test_benchmark_*: the same step under pytest-benchmark (``pytest bench/ --benchmark-only``),
   eager vs fastlangevin in one group so its table compares them; skipped without the plugin.
 """
@@ -17,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 fastlangevin = pytest.importorskip("fastlangevin")
 
-from bench import bench_langevin  # noqa: E402
+from bench import bench_jarzynski, bench_langevin  # noqa: E402
 
 HAVE_PYTEST_BENCHMARK = importlib.util.find_spec("pytest_benchmark") is not None
 
@@ -62,6 +64,17 @@ def test_quick_run_resample():
         (r,) = [r for r in rows if r["scheme"] == scheme and r["method"] == "cpu"]
         assert math.isfinite(r["time_s"]) and r["time_s"] > 0, r
         assert r["vs_multinomial"] > 0 and r["vs_reference"] > 0, r
+def test_jarzynski_quick_run():
+    _require_cpu_backend()
+    payload = bench_jarzynski.run("cpu", quick=True)
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert set(rows) >= {"eager", "cpu"}, list(rows)
+    for method in ("eager", "cpu"):
+        r = rows[method]
+        for key in ("step_ms", "weighted_ms", "increment_ms", "ratio", "increment_gbps"):
+            assert r[key] is not None and math.isfinite(r[key]) and r[key] > 0, (key, r)
+        assert r["time_s"] == pytest.approx(r["weighted_ms"] / 1e3)
+        assert r["ratio"] == pytest.approx(r["weighted_ms"] / r["step_ms"])
 
 
 if not HAVE_PYTEST_BENCHMARK:

@@ -34,4 +34,15 @@ TORCH_LIBRARY(fastlangevin, m) {
   // or is all -inf); scheme: multinomial, stratified, systematic or residual; uniforms: float64
   // [N] or the uniforms of stream (seed, offset).
   m.def("resample(Tensor log_w, str scheme, Tensor? uniforms, int seed, int offset) -> Tensor");
+  // The transition log-ratio of the Gaussian proposal q(x -> y) = N(y; x - a G(x), s^2 I), per walker n:
+  //   G(v) = grad_v + v * inv_ref_var,   U*(v) = energy_v + inv_ref_var |v|^2 / 2,
+  //   alpha(x, y) = U*(x) + (a / s^2) (y - x).G(x) + (a^2 / (2 s^2)) |G(x)|^2,
+  // dot products over all non-batch dims; a = step_t[n] if given else step, s likewise.
+  // out = alpha(x, y) when grad_y is absent, else alpha_x(x, y) - alpha_y(y, x) (the Jarzynski
+  // increment; energy_y and grad_y are the other side's). Accumulated in float64.
+  // x, y, grad_x, grad_y: [N, ...] (one dtype); energy_x, energy_y: [N] (any float dtype);
+  // step_t, std_t: [N] float64; out: [N] float64.
+  m.def(
+      "log_ratio_out(Tensor x, Tensor y, Tensor grad_x, Tensor? grad_y, Tensor energy_x, Tensor? energy_y, "
+      "Tensor? step_t, Tensor? std_t, float step, float noise_std, float inv_ref_var, Tensor(a!) out) -> ()");
 }

@@ -269,3 +269,41 @@ def resample_ref(
             raise ValueError(f"resample_ref: scheme must be one of {RESAMPLE_SCHEMES}, got {scheme!r}")
         a = torch.minimum(torch.searchsorted(t["cdf"], p, right=True), t["last"])
     return torch.where(torch.isfinite(t["lw_max"]), a, -1)
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[N, ...] -> [N, D] float64 (D = 1 for a 1-D tensor; works for N = 0)."""
+    return t.to(torch.float64).reshape(t.shape[0], math.prod(t.shape[1:]))
+
+
+def _per_walker64(v):
+    return v.to(torch.float64) if torch.is_tensor(v) else float(v)
+
+
+def transition_log_ratio_ref(x, y, energy_x, grad_x, step_size, noise_std=None, *, ref_var=None) -> torch.Tensor:
+    """alpha(x, y) of the Gaussian proposal q(x -> y) = N(y; x - a g(x), s^2 I), per walker:
+
+        alpha(x, y) = U(x) + (a / s^2) (y - x).g(x) + (a^2 / (2 s^2)) |g(x)|^2
+
+    x, y, grad_x: [N, ...]; energy_x: [N]; a = ``step_size``, s = ``noise_std`` (default
+    sqrt(2 a)): floats or [N] tensors. With ``ref_var`` r the Gaussian reference is part of the
+    energy: U -> U + |x|^2 / (2 r), g -> g + x / r. Dot products over all non-batch dims, all in
+    float64; returns float64 [N]. -log q(x -> y) = alpha(x, y) - U(x) + |y - x|^2 / (2 s^2) + const.
+    """
+    x2, y2, g = _rows(x), _rows(y), _rows(grad_x)
+    u = energy_x.to(torch.float64)
+    if ref_var is not None:
+        u = u + (x2 * x2).sum(1) / (2.0 * ref_var)
+        g = g + x2 / ref_var
+    a = _per_walker64(step_size)
+    s = _per_walker64(noise_std) if noise_std is not None else (2.0 * a) ** 0.5
+    return u + (a / s**2) * ((y2 - x2) * g).sum(1) + (a**2 / (2.0 * s**2)) * (g * g).sum(1)
+
+
+def jarzynski_increment_ref(
+    x_old, grad_old, energy_old, x_new, grad_new, energy_new, step_size, noise_std=None, *, ref_var=None
+) -> torch.Tensor:
+    """alpha_old(x_old, x_new) - alpha_new(x_new, x_old): the Jarzynski log-weight increment
+    (Carbone et al.: A_{k+1} = A_k - alpha_{k+1}(X_{k+1}, X_k) + alpha_k(X_k, X_{k+1})), with
+    alpha_old from (energy_old, grad_old) and alpha_new from (energy_new, grad_new). float64 [N]."""
+    fwd = transition_log_ratio_ref(x_old, x_new, energy_old, grad_old, step_size, noise_std, ref_var=ref_var)
+    bwd = transition_log_ratio_ref(x_new, x_old, energy_new, grad_new, step_size, noise_std, ref_var=ref_var)
+    return fwd - bwd

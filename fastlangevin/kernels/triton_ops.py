@@ -13,6 +13,7 @@ import torch
 
 from . import langevin as _k
 from . import resample as _r
+from . import weights as _w
 
 
 @torch.library.custom_op("fastlangevin_triton::philox", mutates_args=())
@@ -68,3 +69,15 @@ def resample(log_w: torch.Tensor, scheme: str, uniforms: Optional[torch.Tensor],
 @resample.register_fake
 def _(log_w, scheme, uniforms, seed, offset):
     return torch.empty(log_w.shape, dtype=torch.int64, device=log_w.device)
+@torch.library.custom_op("fastlangevin_triton::log_ratio_out", mutates_args=("out",))
+def log_ratio_out(
+    x: torch.Tensor, y: torch.Tensor, grad_x: torch.Tensor, grad_y: Optional[torch.Tensor], energy_x: torch.Tensor,
+    energy_y: Optional[torch.Tensor], step_t: Optional[torch.Tensor], std_t: Optional[torch.Tensor], step: float,
+    noise_std: float, inv_ref_var: float, out: torch.Tensor,
+) -> None:
+    _w.log_ratio_out_triton(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t, step, noise_std, inv_ref_var, out)
+
+
+@log_ratio_out.register_fake
+def _(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t, step, noise_std, inv_ref_var, out):
+    return None
