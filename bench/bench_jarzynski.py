@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,11 +31,11 @@ import torch
 
 try:  # run as `python -m bench.bench_jarzynski` / imported as bench.bench_jarzynski
     from . import common
-    from .bench_langevin import BACKEND_ORDER, _Candidate, _measure_interleaved, backend_plan
+    from .bench_langevin import BACKEND_ORDER, FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
 except ImportError:  # run as a file: `python bench/bench_jarzynski.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import common
-    from bench.bench_langevin import BACKEND_ORDER, _Candidate, _measure_interleaved, backend_plan
+    from bench.bench_langevin import BACKEND_ORDER, FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
 
 import fastlangevin
 from fastlangevin import reference
@@ -54,10 +53,6 @@ TARGET_RATIO = 1.5
 # (10^4 walkers in d = 50, ../shared/PAPERS.md section 1.5); on a GPU also CIFAR-sized walkers.
 CPU_SIZES: list[tuple[int, int]] = [(1024, 64), (4096, 784), (10000, 50)]
 GPU_SIZES: list[tuple[int, int]] = CPU_SIZES + [(4096, 3072), (65536, 784)]
-
-FULL = dict(warmup=3, target_s=0.25, repeats=5, max_iters=1000)
-QUICK = dict(warmup=1, target_s=0.02, repeats=3, max_iters=50)
-SLOW = dict(warmup=1, target_s=0.1, repeats=3, max_iters=10)  # the reference backend
 
 COLUMNS = [
     ("size", "size"),
@@ -238,16 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = args.device or common.default_device()
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is visible")
-    sizes = None
-    if args.sizes:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
-    payload = run(device, args.quick, sizes=sizes, verbose=True)
+    payload = run(device, args.quick, sizes=common.parse_sizes(args.sizes), verbose=True)
     report(payload)
-    path = common.write_results(payload["name"], payload)
-    print(f"\nwrote {path}")
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(common.json_safe(payload), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.out_json}")
+    common.save_cli_results(payload, args.out_json)
     return 0
 
 

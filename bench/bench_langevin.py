@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import statistics
 import sys
@@ -348,16 +347,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = args.device or common.default_device()
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is visible")
-    sizes = None
-    if args.sizes:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
-    payload = run(device, args.quick, peak_gbps=args.peak_gbps, sizes=sizes, verbose=True)
+    payload = run(device, args.quick, peak_gbps=args.peak_gbps, sizes=common.parse_sizes(args.sizes), verbose=True)
     report(payload)
-    path = common.write_results(payload["name"], payload)
-    print(f"\nwrote {path}")
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(common.json_safe(payload), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.out_json}")
+    common.save_cli_results(payload, args.out_json)
     return 0
 
 

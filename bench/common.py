@@ -220,6 +220,23 @@ def write_results(name: str, payload: dict[str, Any], results_dir: Union[str, Pa
     return path
 
 
+def parse_sizes(text: Optional[str]) -> Optional[list[tuple[int, ...]]]:
+    """``--sizes`` of a benchmark CLI: "1024x64,4096x784" -> [(1024, 64), (4096, 784)]; None stays None."""
+    if not text:
+        return None
+    return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]
+
+
+def save_cli_results(payload: dict[str, Any], out_json: Optional[str] = None) -> Path:
+    """What a benchmark CLI does after its report: write_results, plus a copy at ``out_json``."""
+    path = write_results(payload["name"], payload)
+    print(f"\nwrote {path}")
+    if out_json:
+        Path(out_json).write_text(json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {out_json}")
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------
