@@ -5,7 +5,7 @@ one process:
   the paper's code does, the baseline (the softmax is timed too: every method starts from
   log-weights).
 * every fastlangevin backend that is available and runs on the device's tensors, for each scheme:
-  ``fastlangevin.resample.resample(log_w, scheme, seed=0, offset=k, backend=name)``; the
+  ``fastlangevin.resample(log_w, scheme, seed=0, offset=k, backend=name)``; the
   ``reference`` backend is the pure-torch composition (tables, Philox uniforms, searchsorted).
 
 Log-weights are 1.5 * N(0, 1) with 10% of the walkers dead (-inf), as after a few SMC steps.
@@ -34,7 +34,7 @@ except ImportError:  # run as a file: `python bench/bench_resample.py`
     from bench.bench_langevin import FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
 
 import fastlangevin  # noqa: F401  (backends())
-from fastlangevin import resample as rs
+from fastlangevin import resampling as rs
 
 NAME = "resample"
 

@@ -21,7 +21,7 @@ and the four output words ``(w0, w1, w2, w3)`` of a counter become four normals 
 The reference computes the transcendental part in float64 from the exact uniforms, so it is
 the truth the float32 kernels are measured against.
 
-Resampling uniforms (``fastlangevin.resample.uniforms``) are a second map of the same words.
+Resampling uniforms (``fastlangevin.resampling.uniforms``) are a second map of the same words.
 Uniform ``j`` of stream ``(seed, offset)`` uses Philox block ``j >> 1`` (the counter above with
 ``i >> 2`` replaced by ``j >> 1``) and the words ``(w_a, w_b) = (w0, w1)`` for even ``j``,
 ``(w2, w3)`` for odd ``j``:

@@ -222,7 +222,7 @@ def _scaled_step(a, log_scale: torch.Tensor, n: int) -> torch.Tensor:
 def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, backend, progress, return_trajectory,
                  check_every, adapt_steps, target_accept) -> SampleResult:
     """The MALA branch of sample(); arguments already validated."""
-    from .resample import uniforms
+    from .resampling import uniforms
     from .walkers import MH_STREAM
     from .weights import jarzynski_increment
 

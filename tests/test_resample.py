@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastlangevin import reference as ref
-from fastlangevin import resample as rs
+from fastlangevin import resampling as rs
 
 from conftest import CASES, require
 

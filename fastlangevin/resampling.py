@@ -1,6 +1,6 @@
 """SMC resampling: effective sample size, the uniform stream, and ancestor indices.
 
-    from fastlangevin import resample as rs
+    from fastlangevin import resampling as rs
     rs.ess(log_w)                                     # 0-d float64, in [1, N]
     a = rs.resample(log_w, "systematic", seed=0, offset=t)   # int64 [N] ancestors
     x = x[a]                                          # the resampled walkers

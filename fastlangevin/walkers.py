@@ -1,0 +1,241 @@
+"""Walkers: the stateful, weighted Langevin sampler the trainers call.
+
+One step of Walkers is Carbone et al.'s weighted ULA (NeurIPS 2023, Algorithm 1), with the
+(U, grad U) evaluation cached so that a step costs ONE energy+gradient evaluation:
+
+    X_{k+1} = X_k - a grad U_k(X_k) + s xi_k               (drift cached from the last step)
+    U_{k+1}(X_{k+1}), grad U_{k+1}(X_{k+1})                 (the energy's current parameters)
+    A_{k+1} = A_k + alpha_k(X_k, X_{k+1}) - alpha_{k+1}(X_{k+1}, X_k)
+    alpha(x, y) = U(x) + (a / s^2)(y - x).g(x) + (a^2 / (2 s^2)) |g(x)|^2
+
+and, when ESS < ess_threshold * N, SMC resampling: ancestors drawn from softmax(A), walkers
+gathered with their cached energy and gradient, A reset to 0 and log Z carried forward.
+Everything after the energy evaluation is decided on the device: no .item(), no Python branch
+on a tensor value, so a GPU loop never waits on the host (except every `check_every` steps, to
+report non-finite energies).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import torch
+
+from . import _backend
+from . import resampling as _resample
+from . import weights as _weights
+from .ops import (
+    check_positive,
+    check_ref_var,
+    check_u64,
+    default_noise_std,
+    langevin_step,
+)
+from .sampler import NonFiniteError, _NonFiniteWatch, check_energy_and_walkers, energy_and_grad
+
+# Offsets of the Philox stream: step k's noise uses offset k; the uniforms of the resampling
+# after step k use offset RESAMPLE_STREAM | k, and MALA's accept/reject uniforms MH_STREAM | k,
+# so no two draws of one Walkers (or one sample() call) ever share a counter.
+RESAMPLE_STREAM = 1 << 63
+MH_STREAM = 1 << 62
+
+SCHEMES = ("multinomial", "systematic", "stratified", "residual")
+
+
+class Walkers:
+    """N Langevin walkers x [N, ...] on ``energy`` ([N, ...] -> [N], lower is likelier), with
+    Jarzynski log-weights and SMC resampling.
+
+    Args:
+        energy: function or nn.Module; its parameters may change between steps (training):
+            each step evaluates it at the new points with its *current* parameters.
+        x0: [N, ...] initial walkers (copied).
+        step_size: a > 0, float or per-walker [N] tensor (per slot: not moved by resampling).
+        noise_std: s, default sqrt(2 a) (exact ULA). The weights use the true kernel variance
+            s^2, so a decoupled s (the papers' code) still gives correct weights.
+        seed: Philox seed; step k of this object uses offset k (state_dict() keeps k).
+        weights: track log-weights (False: plain ULA, no reduction, no resampling).
+        resample: scheme for the automatic resampling ("multinomial", "systematic",
+            "stratified", "residual") or None for never.
+        ess_threshold: resample when ESS < ess_threshold * N.
+        ref_var: Gaussian reference term x / ref_var in the drift and |x|^2 / (2 ref_var) in U.
+        check_every: host check for non-finite energies every this many steps (1 on CPU, 100 on
+            GPU by default).
+
+    Attributes: x [N, ...], energy [N], grad [N, ...], log_weights [N] (float64), weights [N],
+    ess (0-d), log_z (0-d, estimate of log Z_theta - log Z_theta0 carried across resampling),
+    n_resampled (0-d int64), steps (int), per_walker (dict of [N, ...] tensors that resampling
+    moves with the walkers).
+    """
+
+    def __init__(
+        self,
+        energy: Callable[[torch.Tensor], torch.Tensor],
+        x0: torch.Tensor,
+        step_size: Union[float, torch.Tensor],
+        noise_std: Union[None, float, torch.Tensor] = None,
+        *,
+        seed: int = 0,
+        weights: bool = True,
+        resample: Optional[str] = "systematic",
+        ess_threshold: float = 0.5,
+        ref_var: Optional[float] = None,
+        backend: str = "auto",
+        check_every: Optional[int] = None,
+    ):
+        op = "Walkers"
+        check_energy_and_walkers(op, energy, x0)
+        self.step_size = check_positive(op, "step_size", step_size, x0)
+        if noise_std is None:
+            self.noise_std = default_noise_std(self.step_size)
+        else:
+            self.noise_std = check_positive(op, "noise_std", noise_std, x0, allow_zero=not weights)
+        if resample is not None and resample not in SCHEMES:
+            raise ValueError(f"{op}: resample must be one of {SCHEMES} or None, got {resample!r}")
+        if not (isinstance(ess_threshold, (int, float)) and 0.0 <= ess_threshold <= 1.0):
+            raise ValueError(f"{op}: ess_threshold must be in [0, 1], got {ess_threshold!r}")
+        check_ref_var(op, ref_var)
+        self.seed = check_u64(op, "seed", seed)
+        self.energy_fn = energy
+        self.use_weights = bool(weights)
+        self.scheme = resample
+        self.ess_threshold = float(ess_threshold)
+        self.ref_var = ref_var
+        self.backend = _backend.resolve(op, backend, x0.device)
+        self.check_every = check_every or (1 if x0.device.type == "cpu" else 100)
+        self.steps = 0
+
+        self.x = x0.detach().clone(memory_format=torch.contiguous_format)
+        self.energy, self.grad = energy_and_grad(energy, self.x, op)
+        n, dev = self.x.shape[0], self.x.device
+        self.log_weights = torch.zeros(n, dtype=torch.float64, device=dev)
+        self._log_z0 = torch.zeros((), dtype=torch.float64, device=dev)  # carried over resampling
+        self.n_resampled = torch.zeros((), dtype=torch.int64, device=dev)
+        self._identity = torch.arange(n, device=dev)
+        self.per_walker: dict[str, torch.Tensor] = {}
+        self._watch = _NonFiniteWatch(op, dev, self.check_every)
+        self._watch.update(-1, self.energy, self.grad)  # step -1: the initial state
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """Normalised weights softmax(log_weights), float64 [N]."""
+        return torch.softmax(self.log_weights, dim=0)
+
+    @property
+    def ess(self) -> torch.Tensor:
+        """Effective sample size exp(2 logsumexp(A) - logsumexp(2A)), 0-d float64."""
+        return _resample.ess(self.log_weights)
+
+    @property
+    def log_z(self) -> torch.Tensor:
+        """Estimate of log Z_theta - log Z_theta0: the carried offset + log mean exp(A)."""
+        return self._log_z0 + torch.logsumexp(self.log_weights, dim=0) - math.log(self.n)
+
+    def expectation(self, values: torch.Tensor) -> torch.Tensor:
+        """Weighted mean sum_i w_i values_i over walkers (values: [N, ...])."""
+        w = self.weights.to(values.dtype)
+        return torch.tensordot(w, values, dims=([0], [0]))
+
+    # ------------------------------------------------------------------ moves
+    def step(self, n_steps: int = 1) -> "Walkers":
+        """n_steps weighted Langevin steps (see the module docstring), resampling on the device
+        whenever ESS < ess_threshold * N. Returns self."""
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+            raise ValueError(f"Walkers.step: n_steps must be an int >= 0, got {n_steps!r}")
+        for _ in range(n_steps):
+            k = self.steps
+            x_new = langevin_step(
+                self.x, self.grad, self.step_size, self.noise_std, seed=self.seed, offset=k, ref_var=self.ref_var,
+                backend=self.backend,
+            )
+            u_new, g_new = energy_and_grad(self.energy_fn, x_new, "Walkers.step")
+            self._watch.update(k, u_new, g_new)
+            if self.use_weights:
+                inc = _weights.jarzynski_increment(
+                    self.x, self.grad, self.energy, x_new, g_new, u_new, self.step_size, self.noise_std,
+                    ref_var=self.ref_var, backend=self.backend,
+                )
+                self.log_weights = self.log_weights + inc
+            self.x, self.grad, self.energy = x_new, g_new, u_new
+            self.steps = k + 1
+            if self.use_weights and self.scheme is not None:
+                self._resample_if(self.ess < self.ess_threshold * self.n, self.scheme, RESAMPLE_STREAM | k)
+        return self
+
+    def resample(self, scheme: Optional[str] = None) -> "Walkers":
+        """Resample now, whatever the ESS (scheme defaults to the constructor's, or systematic)."""
+        scheme = scheme or self.scheme or "systematic"
+        if scheme not in SCHEMES:
+            raise ValueError(f"Walkers.resample: scheme must be one of {SCHEMES}, got {scheme!r}")
+        self._resample_if(torch.ones((), dtype=torch.bool, device=self.x.device), scheme,
+                          RESAMPLE_STREAM | (1 << 62) | self.steps)
+        return self
+
+    def _resample_if(self, do: torch.Tensor, scheme: str, offset: int) -> None:
+        """Resample where the 0-d bool `do` is true, without reading it on the host: the
+        ancestors are the identity where it is false."""
+        anc = _resample.resample(self.log_weights, scheme, seed=self.seed, offset=offset, backend=self.backend)
+        anc = torch.where(do, anc, self._identity)
+        self.gather(anc)
+        lse = torch.logsumexp(self.log_weights, dim=0)
+        self._log_z0 = torch.where(do, self._log_z0 + lse - math.log(self.n), self._log_z0)
+        self.log_weights = torch.where(do, torch.zeros_like(self.log_weights), self.log_weights)
+        self.n_resampled = self.n_resampled + do.to(torch.int64)
+
+    def gather(self, ancestors: torch.Tensor) -> None:
+        """Move walkers to their ancestors' states: x, grad, energy and every tensor in
+        ``self.per_walker`` (the trainer's own per-walker state, e.g. labels or chain ages,
+        each [N, ...]) together. index_select fails loudly on the -1 ancestors that resampling
+        returns for NaN weights on a GPU."""
+        self.x = self.x.index_select(0, ancestors)
+        self.grad = self.grad.index_select(0, ancestors)
+        self.energy = self.energy.index_select(0, ancestors)
+        for k, v in self.per_walker.items():
+            self.per_walker[k] = v.index_select(0, ancestors.to(v.device))
+
+    def refresh(self) -> None:
+        """Re-evaluate (U, grad U) at the current walkers with the energy's current parameters
+        without moving them, adding the energy change to the log-weights (the Jarzynski
+        increment of a pure parameter change: A += U_old(x) - U_new(x))."""
+        u_new, g_new = energy_and_grad(self.energy_fn, self.x, "Walkers.refresh")
+        if self.use_weights:
+            self.log_weights = self.log_weights + (self.energy - u_new).to(torch.float64)
+        self.energy, self.grad = u_new, g_new
+
+    def check(self) -> None:
+        """Raise NonFiniteError now if any energy or gradient so far was NaN/inf."""
+        self._watch.check()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit: walkers, cache, weights, log Z offset,
+        counters and the RNG position (the step count is the stream offset)."""
+        return {
+            "x": self.x, "grad": self.grad, "energy": self.energy, "log_weights": self.log_weights,
+            "log_z0": self._log_z0, "n_resampled": self.n_resampled, "steps": self.steps, "seed": self.seed,
+            "per_walker": dict(self.per_walker),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("x", "grad", "energy", "log_weights"):
+            if state[k].shape != getattr(self, k).shape:
+                raise ValueError(f"Walkers.load_state_dict: {k} has shape {list(state[k].shape)}, "
+                                 f"expected {list(getattr(self, k).shape)}")
+        dev = self.x.device
+        self.x = state["x"].to(dev).clone()
+        self.grad = state["grad"].to(dev).clone()
+        self.energy = state["energy"].to(dev).clone()
+        self.log_weights = state["log_weights"].to(dev, torch.float64).clone()
+        self._log_z0 = state["log_z0"].to(dev, torch.float64).clone()
+        self.n_resampled = state["n_resampled"].to(dev).clone()
+        self.steps = int(state["steps"])
+        self.seed = int(state["seed"])
+        self.per_walker = {k: v.to(dev).clone() for k, v in state.get("per_walker", {}).items()}
+
+
+__all__ = ["Walkers", "NonFiniteError", "SCHEMES", "RESAMPLE_STREAM", "MH_STREAM"]
