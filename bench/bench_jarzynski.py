@@ -205,20 +205,9 @@ def run(
 
 def report(payload: dict[str, Any], file=None) -> str:
     """Print env info, the results table and the backends not run; returns the table text."""
-    file = file or sys.stdout
     cfg = payload["config"]
-    print(f"== {payload['name']}: Langevin step vs step + jarzynski_increment, {cfg['dtype']}, device {cfg['device']}",
-          file=file)
-    common.print_env(payload["env"], file=file)
-    print(f"  weighted/step: target <= {cfg['target_ratio']}; increment GB/s counts "
-          f"{cfg['increment_bytes_per_element']} bytes/element (x_old, g_old, x_new, g_new); {cfg['timer']}", file=file)
-    print(file=file)
-    text = common.print_table(payload["rows"], COLUMNS, file=file)
-    if payload["not_run"]:
-        print("not run:", file=file)
-        for k, why in payload["not_run"].items():
-            print(f"  {k}: {why}", file=file)
-    return text
+    return common.print_report(payload, f"Langevin step vs step + jarzynski_increment, {cfg['dtype']}", (f"weighted/step: target <= {cfg['target_ratio']}; increment GB/s counts "
+                                f"{cfg['increment_bytes_per_element']} bytes/element (x_old, g_old, x_new, g_new); {cfg['timer']}"), COLUMNS, file=file)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

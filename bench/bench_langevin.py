@@ -319,19 +319,9 @@ def columns(payload: dict[str, Any]) -> list:
 
 def report(payload: dict[str, Any], file=None) -> str:
     """Print env info, the results table and the backends not run; returns the table text."""
-    file = file or sys.stdout
     cfg = payload["config"]
-    print(f"== {payload['name']}: y = x - a*grad + sqrt(2a)*xi, {cfg['dtype']}, device {cfg['device']}", file=file)
-    common.print_env(payload["env"], file=file)
-    print(f"  GB/s counts {cfg['bytes_per_element']} bytes/element (read x, read grad, write y); "
-          f"x eager = eager time / method time; {cfg['timer']}", file=file)
-    print(file=file)
-    text = common.print_table(payload["rows"], columns(payload), file=file)
-    if payload["not_run"]:
-        print("not run:", file=file)
-        for k, why in payload["not_run"].items():
-            print(f"  {k}: {why}", file=file)
-    return text
+    return common.print_report(payload, f"y = x - a*grad + sqrt(2a)*xi, {cfg['dtype']}", (f"GB/s counts {cfg['bytes_per_element']} bytes/element (read x, read grad, write y); "
+                                f"x eager = eager time / method time; {cfg['timer']}"), columns(payload), file=file)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -171,20 +171,9 @@ def run(
 
 def report(payload: dict[str, Any], file=None) -> str:
     """Print env info, the results table and the backends not run; returns the table text."""
-    file = file or sys.stdout
     cfg = payload["config"]
-    print(f"== {payload['name']}: ancestors int64 [N] from {cfg['dtype']} log-weights [N], device {cfg['device']}",
-          file=file)
-    common.print_env(payload["env"], file=file)
-    print(f"  x multinomial = {BASELINE} time / method time; x reference = reference backend time (same scheme) "
-          f"/ method time; {cfg['timer']}", file=file)
-    print(file=file)
-    text = common.print_table(payload["rows"], COLUMNS, file=file)
-    if payload["not_run"]:
-        print("not run:", file=file)
-        for k, why in payload["not_run"].items():
-            print(f"  {k}: {why}", file=file)
-    return text
+    return common.print_report(payload, f"ancestors int64 [N] from {cfg['dtype']} log-weights [N]", (f"x multinomial = {BASELINE} time / method time; x reference = reference backend time (same scheme) "
+                                f"/ method time; {cfg['timer']}"), COLUMNS, file=file)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

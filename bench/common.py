@@ -283,3 +283,20 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column], file=
     text = "\n".join(out)
     print(text, file=file or sys.stdout)
     return text
+
+
+def print_report(payload: dict[str, Any], title: str, legend: str, columns: Sequence[Column], file=None) -> str:
+    """The shared report layout of every bench module: a title line, the environment, a legend
+    line saying how to read the columns, the table, and the backends that did not run.
+    Returns the table text."""
+    file = file or sys.stdout
+    print(f"== {payload['name']}: {title}, device {payload['config']['device']}", file=file)
+    print_env(payload["env"], file=file)
+    print(f"  {legend}", file=file)
+    print(file=file)
+    text = print_table(payload["rows"], columns, file=file)
+    if payload.get("not_run"):
+        print("not run:", file=file)
+        for k, why in payload["not_run"].items():
+            print(f"  {k}: {why}", file=file)
+    return text

@@ -27,6 +27,23 @@ def extension_loaded() -> bool:
     return _extension()[0]
 
 
+def register_fakes_once(fn):
+    """Decorator for a function that registers fake (meta) kernels of C++ ops with
+    torch.library.register_fake: it runs once, and only when the extension (which defines the
+    ops) is loaded. Each op module calls its registrar before its first call into the C++ op."""
+    done = False
+
+    @functools.wraps(fn)
+    def wrapper() -> None:
+        nonlocal done
+        if done or not extension_loaded():
+            return
+        done = True
+        fn()
+
+    return wrapper
+
+
 def _has_cuda_kernels() -> bool:
     return extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
         "fastlangevin::langevin_step_out", "CUDA"

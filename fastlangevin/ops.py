@@ -141,14 +141,8 @@ def default_noise_std(step_size):
 # fake (meta) implementations for torch.compile / opcheck
 # --------------------------------------------------------------------------------------------
 
-_FAKES_REGISTERED = False
-
-
+@_backend.register_fakes_once
 def _register_fakes() -> None:
-    global _FAKES_REGISTERED
-    if _FAKES_REGISTERED or not _backend.extension_loaded():
-        return
-    _FAKES_REGISTERED = True
 
     @torch.library.register_fake("fastlangevin::philox")
     def _philox_fake(counter, seed):

@@ -61,14 +61,8 @@ def ess(log_w: torch.Tensor) -> torch.Tensor:
 # fake (meta) implementations for torch.compile / opcheck of the C++ ops
 # --------------------------------------------------------------------------------------------
 
-_FAKES_REGISTERED = False
-
-
+@_backend.register_fakes_once
 def _register_fakes() -> None:
-    global _FAKES_REGISTERED
-    if _FAKES_REGISTERED or not _backend.extension_loaded():
-        return
-    _FAKES_REGISTERED = True
 
     @torch.library.register_fake("fastlangevin::resample_uniforms_out")
     def _uniforms_fake(out, seed, offset):

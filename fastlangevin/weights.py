@@ -32,15 +32,9 @@ from .ops import _shape, _triton_ops, check_float_tensor, check_like, check_posi
 
 Scalar = Union[float, torch.Tensor]
 
-_FAKES_REGISTERED = False
-
-
+@_backend.register_fakes_once
 def _register_fakes() -> None:
     """The fake (meta) kernel of fastlangevin::log_ratio_out, for torch.compile and opcheck."""
-    global _FAKES_REGISTERED
-    if _FAKES_REGISTERED or not _backend.extension_loaded():
-        return
-    _FAKES_REGISTERED = True
 
     @torch.library.register_fake("fastlangevin::log_ratio_out")
     def _log_ratio_fake(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t, step, noise_std, inv_ref_var, out):
