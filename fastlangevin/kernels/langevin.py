@@ -13,6 +13,9 @@ order with tl.interleave (no words are wasted, no lane is recomputed).
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -150,12 +153,12 @@ def _randn_kernel(p_out, n, seed_lo, seed_hi, off_lo, off_hi, BLOCK: tl.constexp
     tl.store(p_out + o_i, b_z.to(p_out.dtype.element_ty), mask=o_i < n)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "step", "noise_std"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _langevin_step_kernel(
     p_x, p_g, p_noise, p_step, p_std, p_out,  # [N, ...] x, grad, noise, out; [N] step, std
-    p_scal,  # [6] float64 (step, noise_std, inv_ref, clip, lo, hi), read instead of the args if FP64
     n, row_len,
-    step, noise_std, inv_ref, clip, lo, hi,
+    step, noise_std, inv_ref, clip, lo, hi,  # float32 values (the high halves for FP64)
+    step_l, noise_std_l, inv_ref_l, clip_l, lo_l, hi_l,  # low float32 halves, added in FP64
     seed_lo, seed_hi, off_lo, off_hi,
     BLOCK: tl.constexpr, FP64: tl.constexpr, RNG: tl.constexpr, HAS_NOISE: tl.constexpr,
     STEP_T: tl.constexpr, STD_T: tl.constexpr, HAS_REF: tl.constexpr, HAS_CLIP: tl.constexpr,
@@ -163,13 +166,15 @@ def _langevin_step_kernel(
 ):
     """y = clamp( x - a * ( clip(g) + x * inv_ref ) + s * xi ), in the reference's order."""
     ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
-    if FP64:  # Triton passes Python floats as fp32; float64 state needs the exact doubles
-        step = tl.load(p_scal + 0)
-        noise_std = tl.load(p_scal + 1)
-        inv_ref = tl.load(p_scal + 2)
-        clip = tl.load(p_scal + 3)
-        lo = tl.load(p_scal + 4)
-        hi = tl.load(p_scal + 5)
+    if FP64:  # Triton passes Python floats as fp32: float64 state gets each scalar as hi + lo
+        z64 = tl.zeros([1], dtype=tl.float64)  # (z64 + v) promotes to float64; the sum of the
+        # one-element tile turns it back into a scalar (exact)
+        step = tl.sum((z64 + step) + step_l, axis=0)
+        noise_std = tl.sum((z64 + noise_std) + noise_std_l, axis=0)
+        inv_ref = tl.sum((z64 + inv_ref) + inv_ref_l, axis=0)
+        clip = tl.sum((z64 + clip) + clip_l, axis=0)
+        lo = tl.sum((z64 + lo) + lo_l, axis=0)
+        hi = tl.sum((z64 + hi) + hi_l, axis=0)
     pid = tl.program_id(0)
     o_i = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_i = o_i < n
@@ -199,6 +204,20 @@ def _langevin_step_kernel(
         b_y = tl.where(b_y < lo, lo, b_y)
         b_y = tl.where(b_y > hi, hi, b_y)
     tl.store(p_out + o_i, b_y.to(p_out.dtype.element_ty), mask=m_i)
+
+
+def f32_halves(v: float) -> tuple[float, float]:
+    """v as hi + lo with hi, lo float32 values, for float64 scalars of a Triton kernel.
+
+    Triton passes Python floats to a kernel as float32, which would round a float64 step size in
+    its 8th digit; a host tensor of scalars instead costs a host-to-device copy per call (and
+    cannot be captured in a CUDA graph). hi = fp32(v), lo = fp32(v - hi) carry 48 significant
+    bits (relative error below 4e-15) and the kernel adds them in float64. Infinities (open clip
+    or clamp bounds) pass as (inf, 0)."""
+    hi = float(np.float32(v))
+    if not math.isfinite(hi):
+        return hi, 0.0
+    return hi, float(np.float32(v - hi))
 
 
 def _words(v: int) -> tuple[int, int]:
@@ -245,12 +264,12 @@ def langevin_step_out_triton(
     dummy = x  # never read: the matching constexpr flag is off
     inf = float("inf")
     scal = [float(step), float(noise_std), float(inv_ref_var), float(grad_clip), float(clamp_lo), float(clamp_hi)]
-    p_scal = torch.tensor(scal, dtype=torch.float64, device=x.device) if fp64 else dummy
+    halves = [f32_halves(v) for v in scal]
     _langevin_step_kernel[(triton.cdiv(n, block),)](
         x, grad, noise if noise is not None else dummy, step_t if step_t is not None else dummy,
-        std_t if std_t is not None else dummy, out, p_scal,
+        std_t if std_t is not None else dummy, out,
         n, max(1, n // max(1, x.shape[0])),
-        *scal,
+        *[h for h, _ in halves], *[lo for _, lo in halves],
         s_lo, s_hi, o_lo, o_hi,
         BLOCK=block, FP64=fp64, RNG=rng, HAS_NOISE=noise is not None,
         STEP_T=step_t is not None, STD_T=std_t is not None, HAS_REF=inv_ref_var != 0.0,

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .langevin import f32_halves
+
 # Elements per chunk per program. GPU: 2048 (16 per thread with 4 warps, a float64 accumulator
 # each). Under TRITON_INTERPRET=1 a program is one numpy evaluation of its whole tile, so the
 # tile is made large: the fewer programs, the faster (launch cost there is per program).
@@ -85,12 +87,6 @@ def _log_ratio_kernel(
     tl.store(p_out + o_r, b_u + tl.sum(acc, axis=1), mask=m_r)
 
 
-def _halves(v: float) -> tuple[float, float]:
-    """v as hi + lo with hi, lo float32 values (see the module docstring)."""
-    hi = float(np.float32(v))
-    return hi, float(np.float32(v - hi))
-
-
 def tiles_for(n_rows: int, row_len: int, device: torch.device, tile=None) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_C): columns = the row length rounded up to a power of two, at most
     MAX_BLOCK_C and at most ``tile``; rows = as many as fill ``tile`` elements, at most the row count
@@ -114,7 +110,7 @@ def log_ratio_out_triton(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t
         x, y, grad_x, grad_y if two else grad_x, energy_x, energy_y if two else energy_x,
         step_t if step_t is not None else out, std_t if std_t is not None else out, out,
         n_rows, row_len,
-        *_halves(step), *_halves(noise_std), *_halves(inv_ref_var),
+        *f32_halves(step), *f32_halves(noise_std), *f32_halves(inv_ref_var),
         BLOCK_R=block_r, BLOCK_C=block_c, TWO_SIDED=two, HAS_REF=inv_ref_var != 0.0,
         STEP_T=step_t is not None, STD_T=std_t is not None,
     )
