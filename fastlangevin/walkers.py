@@ -177,8 +177,12 @@ class Walkers:
         return self
 
     def _resample_if(self, do: torch.Tensor, scheme: str, offset: int) -> None:
-        """Resample where the 0-d bool `do` is true, without reading it on the host: the
-        ancestors are the identity where it is false."""
+        """Resample where the 0-d bool `do` is true. On a GPU the flag is never read on the host:
+        the ancestors are the identity where it is false (a gather that copies x and grad every
+        step, the price of a loop without syncs). On CPU tensors reading it costs nothing, so
+        the no-op resampling is skipped; the results are the same bits either way."""
+        if self.x.device.type == "cpu" and not bool(do):
+            return
         anc = _resample.resample(self.log_weights, scheme, seed=self.seed, offset=offset, backend=self.backend)
         anc = torch.where(do, anc, self._identity)
         self.gather(anc)
