@@ -20,7 +20,6 @@ the bytes of the step. Where the step is compute-bound (the CPU Philox normals) 
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import sys
@@ -211,22 +210,11 @@ def report(payload: dict[str, Any], file=None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_jarzynski",
-                                description="Time the Jarzynski-weighted Langevin step against the unweighted one.")
-    p.add_argument("--quick", action="store_true", help="smallest size, few iterations (a smoke run)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
-    p.add_argument("--sizes", default=None, help="comma-separated NxD sizes, e.g. 1024x64,10000x50")
-    p.add_argument("--out-json", default=None, metavar="PATH",
-                   help="also write the results JSON here (it always goes to bench/results/)")
-    args = p.parse_args(argv)
-    device = args.device or common.default_device()
-    if device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU is visible")
-    payload = run(device, args.quick, sizes=common.parse_sizes(args.sizes), verbose=True)
-    report(payload)
-    common.save_cli_results(payload, args.out_json)
-    return 0
-
+    return common.bench_main(
+        argv, prog="python -m bench.bench_jarzynski",
+        description="Time the Jarzynski-weighted Langevin step against the unweighted one.",
+        run=run, report=report, sizes_help="comma-separated NxD sizes, e.g. 1024x64,10000x50",
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

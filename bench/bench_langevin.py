@@ -16,7 +16,6 @@ not what the memory system did.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import statistics
@@ -325,23 +324,15 @@ def report(payload: dict[str, Any], file=None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_langevin", description="Time one float32 Langevin step: eager vs torch.compile vs each fastlangevin backend.")
-    p.add_argument("--quick", action="store_true", help="smallest size, few iterations (a smoke run)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
-    p.add_argument("--peak-gbps", type=float, default=None,
-                   help="HBM peak for the %% of peak column (default: 3350 for H100, 4800 for H200, else none)")
-    p.add_argument("--sizes", default=None, help="comma-separated NxD sizes, e.g. 1024x64,4096x784")
-    p.add_argument("--out-json", default=None, metavar="PATH",
-                   help="also write the results JSON here (it always goes to bench/results/)")
-    args = p.parse_args(argv)
-    device = args.device or common.default_device()
-    if device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU is visible")
-    payload = run(device, args.quick, peak_gbps=args.peak_gbps, sizes=common.parse_sizes(args.sizes), verbose=True)
-    report(payload)
-    common.save_cli_results(payload, args.out_json)
-    return 0
+    def extra(p):
+        p.add_argument("--peak-gbps", type=float, default=None,
+                       help="HBM peak for the %% of peak column (default: 3350 for H100, 4800 for H200, else none)")
 
+    return common.bench_main(
+        argv, prog="python -m bench.bench_langevin",
+        description="Time one float32 Langevin step: eager vs torch.compile vs each fastlangevin backend.",
+        run=run, report=report, sizes_help="comma-separated NxD sizes, e.g. 1024x64,4096x784", extra_args=extra,
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,9 +14,7 @@ Log-weights are 1.5 * N(0, 1) with 10% of the walkers dead (-inf), as after a fe
 """
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import statistics
 import sys
@@ -177,27 +175,12 @@ def report(payload: dict[str, Any], file=None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_resample",
-                                description="Time SMC resampling: torch.multinomial vs each scheme on each fastlangevin backend.")
-    p.add_argument("--quick", action="store_true", help="smallest N, few iterations (a smoke run)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
-    p.add_argument("--sizes", default=None, help="comma-separated N values, e.g. 1000,1000000")
-    p.add_argument("--out-json", default=None, metavar="PATH",
-                   help="also write the results JSON here (it always goes to bench/results/)")
-    args = p.parse_args(argv)
-    device = args.device or common.default_device()
-    if device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU is visible")
-    sizes = [int(float(v)) for v in args.sizes.split(",")] if args.sizes else None
-    payload = run(device, args.quick, sizes=sizes, verbose=True)
-    report(payload)
-    path = common.write_results(payload["name"], payload)
-    print(f"\nwrote {path}")
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps(common.json_safe(payload), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.out_json}")
-    return 0
-
+    return common.bench_main(
+        argv, prog="python -m bench.bench_resample",
+        description="Time SMC resampling: torch.multinomial vs each scheme on each fastlangevin backend.",
+        run=run, report=report, sizes_help="comma-separated N values, e.g. 1000,1000000",
+        parse_sizes_fn=lambda t: [int(float(v)) for v in t.split(",")] if t else None,
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

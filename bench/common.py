@@ -300,3 +300,34 @@ def print_report(payload: dict[str, Any], title: str, legend: str, columns: Sequ
         for k, why in payload["not_run"].items():
             print(f"  {k}: {why}", file=file)
     return text
+
+
+def bench_main(argv, *, prog: str, description: str, run, report, sizes_help: str, parse_sizes_fn=None,
+               extra_args=None) -> int:
+    """The command line every bench module shares: --quick, --device, --sizes, --out-json (plus
+    ``extra_args(parser)`` for its own), then run -> report -> write the JSON.
+
+    run(device, quick, sizes=..., verbose=True, **extra) must return the payload; extra holds
+    the options extra_args added, by their dest names."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--quick", action="store_true", help="smallest size, few iterations (a smoke run)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
+    p.add_argument("--sizes", default=None, help=sizes_help)
+    p.add_argument("--out-json", default=None, metavar="PATH",
+                   help="also write the results JSON here (it always goes to bench/results/)")
+    own = set()
+    if extra_args is not None:
+        before = {a.dest for a in p._actions}
+        extra_args(p)
+        own = {a.dest for a in p._actions} - before
+    args = p.parse_args(argv)
+    device = args.device or default_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible")
+    sizes = (parse_sizes_fn or parse_sizes)(args.sizes)
+    payload = run(device, args.quick, sizes=sizes, verbose=True, **{k: getattr(args, k) for k in own})
+    report(payload)
+    save_cli_results(payload, args.out_json)
+    return 0
