@@ -193,10 +193,9 @@ def run(
             "timing": settings,
             "reference_timing": slow_settings,
             "reference_sizes": [list(sizes[0])],
-            "timer": "median over repeats (interleaved across methods) of mean per-call time; "
-            + ("CUDA events" if dev.type == "cuda" else "time.perf_counter"),
+            "timer": common.timer_note(dev),
         },
-        "backends": dict(fastlangevin.backends()),
+        "backends": fastlangevin.backends(),
         "not_run": not_run,
         "rows": rows,
     }

@@ -299,10 +299,9 @@ def run(
             "timing": settings,
             "reference_timing": slow_settings,
             "reference_max_numel": REFERENCE_MAX_NUMEL,
-            "timer": "median over repeats (interleaved across methods) of mean per-call time; "
-            + ("CUDA events" if dev.type == "cuda" else "time.perf_counter"),
+            "timer": common.timer_note(dev),
         },
-        "backends": {k: v for k, v in fastlangevin.backends().items()},
+        "backends": fastlangevin.backends(),
         "not_run": not_run,
         "rows": rows,
     }

@@ -158,10 +158,9 @@ def run(
             "schemes": list(SCHEMES),
             "timing": settings,
             "reference_timing": slow_settings,
-            "timer": "median over repeats (interleaved across methods) of mean per-call time; "
-            + ("CUDA events" if dev.type == "cuda" else "time.perf_counter"),
+            "timer": common.timer_note(dev),
         },
-        "backends": {k: v for k, v in fastlangevin.backends().items()},
+        "backends": fastlangevin.backends(),
         "not_run": not_run,
         "rows": rows,
     }

@@ -331,3 +331,9 @@ def bench_main(argv, *, prog: str, description: str, run, report, sizes_help: st
     report(payload)
     save_cli_results(payload, args.out_json)
     return 0
+
+
+def timer_note(device: torch.device) -> str:
+    """How time_fn's numbers were taken, for a payload's config (one wording for every bench)."""
+    return "median over repeats (interleaved across methods) of mean per-call time; " + (
+        "CUDA events" if device.type == "cuda" else "time.perf_counter")

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import torch
 
 from .ops import check_positive, check_u64, randn
+from .sampler import progress_range
 from .walkers import MH_STREAM, Walkers
 
 
@@ -77,11 +78,7 @@ def log_partition(
     annealed = _Annealed(energy, float(base_std))
     x0 = float(base_std) * randn((n_walkers, *shape), seed=seed, offset=MH_STREAM - 1, dtype=dtype, device=device)
     walkers = Walkers(annealed, x0, step_size, seed=seed, resample=resample, backend=backend)
-    steps = range(1, n_steps + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="AIS", unit="step")
+    steps = progress_range(n_steps + 1, "AIS", progress, start=1)
     for k in steps:
         annealed.beta = betas[k]
         walkers.step(1)

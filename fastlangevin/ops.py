@@ -42,6 +42,12 @@ def check_u64(op: str, name: str, v) -> int:
     return v
 
 
+def resolve_stream(op: str, seed, offset, device, backend: str):
+    """(seed, offset, device, backend) of an op that fills a new tensor from the Philox stream."""
+    device = torch.device(device)
+    return check_u64(op, "seed", seed), check_u64(op, "offset", offset), device, _backend.resolve(op, backend, device)
+
+
 def _as_i64(v: int) -> int:
     """A 64-bit word as the int64 that the C++ schema carries (two's complement)."""
     return v - (1 << 64) if v >= (1 << 63) else v
@@ -211,10 +217,7 @@ def randn(
     shape = torch.Size(shape)
     if dtype not in _FLOATS:
         raise TypeError(f"{op}: dtype must be a floating dtype, got {dtype}")
-    seed = check_u64(op, "seed", seed)
-    offset = check_u64(op, "offset", offset)
-    device = torch.device(device)
-    be = _backend.resolve(op, backend, device)
+    seed, offset, device, be = resolve_stream(op, seed, offset, device, backend)
     if be == "reference":
         return reference.randn_ref(shape, seed, offset, dtype=dtype, device=device)
     out = torch.empty(shape, dtype=dtype, device=device)

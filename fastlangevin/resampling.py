@@ -25,7 +25,7 @@ from typing import Optional, Union
 import torch
 
 from . import _backend, reference
-from .ops import _as_i64, _shape, _triton_ops, check_u64
+from .ops import _as_i64, _shape, _triton_ops, check_u64, resolve_stream
 
 SCHEMES = reference.RESAMPLE_SCHEMES
 
@@ -93,10 +93,7 @@ def uniforms(
         raise TypeError(f"{op}: n must be an int, got {type(n).__name__}")
     if n < 0:
         raise ValueError(f"{op}: n must be >= 0, got {n}")
-    seed = check_u64(op, "seed", seed)
-    offset = check_u64(op, "offset", offset)
-    device = torch.device(device)
-    be = _backend.resolve(op, backend, device)
+    seed, offset, device, be = resolve_stream(op, seed, offset, device, backend)
     if be == "reference":
         return reference.uniforms_ref(n, seed, offset, device=device)
     out = torch.empty(n, dtype=torch.float64, device=device)

@@ -44,6 +44,16 @@ class SampleResult:
     step_size: Union[None, float, torch.Tensor] = None
 
 
+def progress_range(n: int, desc: str, enabled: bool, start: int = 0):
+    """range(start, n), shown as a tqdm bar when enabled."""
+    steps = range(start, n)
+    if not enabled:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, desc=desc, unit="step")
+
+
 def check_energy_and_walkers(op: str, energy, x0) -> None:
     """The energy is callable and x0 is a float tensor [N, ...] with N >= 1."""
     if not callable(energy):
@@ -185,11 +195,7 @@ def sample(
     x = x0.detach().clone(memory_format=torch.contiguous_format)
     traj = [x.clone()] if return_trajectory else None
     watch = _NonFiniteWatch(op, x.device, check_every)
-    steps = range(n_steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="sample", unit="step")
+    steps = progress_range(n_steps, "sample", progress)
     for k in steps:
         u, g = energy_and_grad(energy, x, op)
         watch.update(k, u, g)
@@ -238,11 +244,7 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
     # is scaled by the same factor.
     log_scale = torch.zeros((), dtype=torch.float64, device=dev)
     accepted = torch.zeros((), dtype=torch.float64, device=dev)
-    steps = range(n_steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="sample (MALA)", unit="step")
+    steps = progress_range(n_steps, "sample (MALA)", progress)
     a_k, s_k = a, noise_std
     for k in steps:
         if adapt_steps and k <= adapt_steps:
