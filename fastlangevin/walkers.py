@@ -167,13 +167,23 @@ class Walkers:
                 self._resample_if(self.ess < self.ess_threshold * self.n, self.scheme, RESAMPLE_STREAM | k)
         return self
 
-    def resample(self, scheme: Optional[str] = None) -> "Walkers":
-        """Resample now, whatever the ESS (scheme defaults to the constructor's, or systematic)."""
+    def resample(self, scheme: Optional[str] = None, *, when: Optional[torch.Tensor] = None) -> "Walkers":
+        """Resample now (scheme defaults to the constructor's, or systematic).
+
+        when: optional 0-d bool tensor on the walkers' device; resample only where it is true,
+        decided on the device without a host sync. Trainers use it for their own triggers, e.g.
+        the official GMM code's lagged one: ``do = w.ess < n / (1 + c)`` read *before* a step,
+        then ``w.step(); w.resample("multinomial", when=do)``. Without it: unconditionally."""
         scheme = scheme or self.scheme or "systematic"
         if scheme not in SCHEMES:
             raise ValueError(f"Walkers.resample: scheme must be one of {SCHEMES}, got {scheme!r}")
-        self._resample_if(torch.ones((), dtype=torch.bool, device=self.x.device), scheme,
-                          RESAMPLE_STREAM | (1 << 62) | self.steps)
+        if when is None:
+            when = torch.ones((), dtype=torch.bool, device=self.x.device)
+        elif not (torch.is_tensor(when) and when.dtype == torch.bool and when.dim() == 0):
+            raise TypeError(f"Walkers.resample: when must be a 0-d bool tensor, got {when!r}")
+        elif when.device != self.x.device:
+            raise ValueError(f"Walkers.resample: when is on {when.device}, the walkers on {self.x.device}")
+        self._resample_if(when, scheme, RESAMPLE_STREAM | (1 << 62) | self.steps)
         return self
 
     def _resample_if(self, do: torch.Tensor, scheme: str, offset: int) -> None:

@@ -196,6 +196,24 @@ def test_resampling_moves_the_cache_with_the_walkers():
     assert int(w.n_resampled) == 1
 
 
+def test_resample_when_flag_decides_on_the_device():
+    torch.manual_seed(2)
+    w = Walkers(ScaledGaussian(), torch.randn(64, 3), 0.2, seed=3, resample=None)
+    w.step(2)
+    w.log_weights = torch.randn(64, dtype=torch.float64) * 2
+    x0, a0 = w.x.clone(), w.log_weights.clone()
+    w.resample("systematic", when=torch.tensor(False))
+    assert torch.equal(w.x, x0) and torch.equal(w.log_weights, a0) and int(w.n_resampled) == 0
+    forced = Walkers(ScaledGaussian(), torch.randn(64, 3), 0.2, seed=3, resample=None)
+    forced.load_state_dict(w.state_dict())
+    w.resample("systematic", when=torch.tensor(True))
+    forced.resample("systematic")
+    assert torch.equal(w.x, forced.x) and int(w.n_resampled) == 1
+    assert torch.equal(w.log_weights, torch.zeros(64, dtype=torch.float64))
+    with pytest.raises(TypeError, match="Walkers.resample: when must be a 0-d bool"):
+        w.resample(when=torch.tensor([True]))
+
+
 def test_log_weight_numerics():
     e = ScaledGaussian()
     w = Walkers(e, torch.zeros(4, 1), 0.1, resample=None)
