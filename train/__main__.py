@@ -19,6 +19,9 @@ from typing import Optional, Sequence
 # method name -> module under train/. Add trainers here.
 METHODS: dict[str, str] = {
     "demo": "demo",
+    "pcd": "pcd",
+    "cd": "cd",
+    "jarzynski": "jarzynski",
 }
 
 
