@@ -3,7 +3,21 @@
     from models import eight_gaussians
     target = eight_gaussians()          # GaussianMixture2D: x [N, 2] -> U(x) [N]
     x = target.sample_exact(1000, torch.Generator().manual_seed(0))
+
+    from models import build_energy     # trainable EBMs (models/ebm.py)
+    U = build_energy("mlp", dataset)    # x [N, *shape] -> U [N]
 """
+from .ebm import ENERGIES, ConvEBM, GMMStudent, MLPEnergy, NijkampEBM, build_energy
 from .toy import GaussianMixture2D, eight_gaussians, log_density_grid
 
-__all__ = ["GaussianMixture2D", "eight_gaussians", "log_density_grid"]
+__all__ = [
+    "GaussianMixture2D",
+    "eight_gaussians",
+    "log_density_grid",
+    "GMMStudent",
+    "MLPEnergy",
+    "ConvEBM",
+    "NijkampEBM",
+    "build_energy",
+    "ENERGIES",
+]
