@@ -203,7 +203,7 @@ class EBMTrainer:
 
     def _initial_log_z(self) -> Optional[float]:
         lz = getattr(self.energy, "log_z", None)
-        return float(lz()) if callable(lz) else None
+        return float(lz().detach()) if callable(lz) else None
 
     def _initial_walkers(self, n: int) -> torch.Tensor:
         if hasattr(self.energy, "sample"):  # gmm: exact draws from the initial student
