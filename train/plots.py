@@ -102,9 +102,9 @@ def save_energy_landscape(path: PathLike, energy, data, bounds: Optional[Sequenc
     """2-D (toy2d): the model density exp(-U) normalised on an n x n grid over bounds (default
     data.box), as an image, with test points overlaid. gmm: U(t e1) for t in [-15, 12] against
     the teacher's U_T, both shifted to min 0 (energies are defined up to a constant)."""
-    from .metrics import _where
+    from .metrics import device_dtype
 
-    device, dtype = _where(energy)
+    device, dtype = device_dtype(energy)
     if data.kind == "gmm":
         t = torch.linspace(*_GMM_T, 541, dtype=torch.float64)
         pts = torch.zeros(len(t), data.dim, dtype=torch.float64)
