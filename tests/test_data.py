@@ -24,6 +24,7 @@ def test_unknown_name_lists_the_names():
 
 def test_gmm_teacher_and_counts():
     ds = load("gmm")
+    assert isinstance(ds, Dataset) and ds.dim == 50
     assert ds.kind == "gmm" and ds.shape == (50,) and ds.box is None and ds.image_shape is None
     assert ds.train.shape == (10_000, 50) and ds.test.shape == (10_000, 50)
     assert ds.train.dtype == torch.float64  # default for gmm, as the official code

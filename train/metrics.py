@@ -23,18 +23,23 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def _where(module) -> tuple:
-    """(device, dtype) of a module's first parameter or buffer; (cpu, float64) for a plain function."""
+def device_dtype(module, default: tuple = (torch.device("cpu"), torch.float64)) -> tuple:
+    """(device, dtype) of a module's first floating parameter or buffer; `default` for a plain
+    function or a module without any. Metrics evaluate the energy where it lives and bring the
+    results back to the CPU, so a model on the GPU works with CPU data."""
     for t in list(getattr(module, "parameters", lambda: [])()) + list(getattr(module, "buffers", lambda: [])()):
         if t.is_floating_point():
             return t.device, t.dtype
-    return torch.device("cpu"), torch.float64
+    return default
 
 
 @torch.no_grad()
 def _energy_batched(energy, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """U(x) [N] in batches, no autograd graph."""
-    return torch.cat([energy(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    """U(x) [N] on the CPU in batches, no autograd graph; x is moved to the energy's device and
+    dtype (those of x for a plain function)."""
+    device, dtype = device_dtype(energy, (x.device, x.dtype))
+    return torch.cat([energy(x[i:i + batch_size].to(device=device, dtype=dtype)).cpu()
+                      for i in range(0, x.shape[0], batch_size)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,14 +73,15 @@ def gmm_metrics(student, data) -> dict:
     t = data.teacher
     x = data.test
     log_pt = t["log_prob"](x).double()
-    u_s = _energy_batched(student, x).double()
+    u_s = _energy_batched(student, x).double()  # on the CPU, whatever the student's device
     log_z = float(student.log_z())
     diff = log_pt + u_s + log_z  # log p_T - log p_S
     w = student.mode_weights().double()
-    s_e1 = student.means[:, 0].double()
-    t_e1 = t["means"][:, 0].double().to(s_e1.device)
+    w = w.cpu()
+    s_e1 = student.means[:, 0].double().cpu()
+    t_e1 = t["means"][:, 0].double().cpu()
     nearest = (s_e1[:, None] - t_e1[None]).abs().argmin(dim=1)  # [K] teacher index per student mode
-    mass = torch.zeros(len(t_e1), dtype=torch.float64).index_add_(0, nearest.cpu(), w.cpu())
+    mass = torch.zeros(len(t_e1), dtype=torch.float64).index_add_(0, nearest, w)
     return dict(
         mode_weights=mass.tolist(),
         means_e1=s_e1.tolist(),
@@ -128,11 +134,11 @@ def grid_divergences(
     h = (hi - lo) / n
     # model: exp(-U) at the cell centres lo + (i + 1/2) h, normalised over the grid (in float64
     # after the energy call, which runs in the energy's own dtype and device)
-    device, dtype = _where(energy)
+    device, dtype = device_dtype(energy)
     c = lo + (torch.arange(n, dtype=torch.float64) + 0.5) * h
     gy, gx = torch.meshgrid(c, c, indexing="ij")  # row = y, column = x
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(device=device, dtype=dtype)
-    neg_u = -_energy_batched(energy, pts, 8192).double().cpu()
+    neg_u = -_energy_batched(energy, pts, 8192).double()
     pm = torch.softmax(neg_u, 0).reshape(n, n)  # cell masses
     xd = _flat(x).double().cpu()
     idx = torch.floor((xd - lo) / h).long()
@@ -224,8 +230,7 @@ def ais_log_likelihood(
     so ll is biased high by O(se^2); compare models at equal AIS settings.
     """
     shape = tuple(test.shape[1:])
-    dtype = test.dtype
-    device = test.device
+    device, dtype = device_dtype(energy, (test.device, test.dtype))  # AIS runs where the energy lives
     log_z, log_z_se = fl.log_partition(
         energy, shape, base_std=base_std, n_walkers=n_walkers, n_steps=n_steps, step_size=step_size,
         schedule=schedule, seed=seed, device=device, dtype=dtype, backend=backend,
