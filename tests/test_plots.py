@@ -57,6 +57,14 @@ def test_save_energy_landscape(tmp_path, sets):
 def test_save_traces(tmp_path):
     h = {"ess": [100, 80, 60, 100], "log_z": [0.0, 0.1, float("nan"), 0.3], "loss": []}
     _ok(save_traces(tmp_path / "traces.png", h, title="run"))
+    h2 = {"ce_exact": [3.0, 2.0, 1.5], "ce_estimate": [3.1, 2.2, 1.4], "ess": [1.0, 0.8, 0.9]}
+    import matplotlib.pyplot as plt
+
+    n_before = len(plt.get_fignums())
+    _ok(save_traces(tmp_path / "ce.png", h2, x=[0, 10, 20], overlay={"cross-entropy": ("ce_exact", "ce_estimate")}))
+    assert len(plt.get_fignums()) == n_before  # the figure is closed after saving
+    with pytest.raises(ValueError, match="save_traces: history is empty"):
+        save_traces(tmp_path / "none.png", {})
 
 
 def test_image_grid_layout():

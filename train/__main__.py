@@ -22,6 +22,7 @@ METHODS: dict[str, str] = {
     "pcd": "pcd",
     "cd": "cd",
     "jarzynski": "jarzynski",
+    "compare": "compare",
 }
 
 

@@ -85,6 +85,7 @@ class Settings:
     ais_walkers: int = 512
     ais_steps: int = 1000
     ref_var: Optional[float] = None  # the model's Gaussian reference term (toy2d / image)
+    hidden: Optional[int] = None   # mlp width (None: models.build_energy's default)
     notes: list = field(default_factory=list)
 
 
@@ -106,8 +107,8 @@ def preset(method: str, kind: str, preset_name: str) -> Settings:
         s = Settings(iters=3000, model="mlp", n_walkers=2000, batch=500, neg_batch=500, k_steps=5, step_size=0.005,
                      lr=1e-3, l2=0.01, ref_var=16.0, burn_in=500, ais_walkers=1024, ais_steps=500)
     else:  # image
-        s = Settings(iters=2000, model="mlp", n_walkers=1000, batch=250, neg_batch=250, k_steps=10, step_size=2e-3,
-                     lr=2e-4, l2=0.01, ref_var=1.0, burn_in=500, ais_walkers=1024, ais_steps=2000)
+        s = Settings(iters=2000, model="mlp", n_walkers=500, batch=250, neg_batch=250, k_steps=5, step_size=1e-2,
+                     lr=2e-4, l2=0.0, ref_var=1.0, hidden=128, burn_in=0, ais_walkers=1024, ais_steps=2000)
     if method == "pcd":
         s.reinit, s.clamp = 0.05, True
         s.n_walkers = 10 * s.neg_batch
@@ -128,7 +129,8 @@ def add_arguments(parser, method: str) -> None:
     g = parser.add_argument_group(f"{method} settings (default: the preset's, by data kind)")
     g.add_argument("--model", default=None, help="gmm_student | mlp | conv | nijkamp")
     g.add_argument("--n-train", type=int, default=None, help="training points (gmm / toys: generated)")
-    for f in ("n_walkers", "batch", "neg_batch", "k_steps", "burn_in", "reset_every", "ais_walkers", "ais_steps"):
+    for f in ("n_walkers", "batch", "neg_batch", "k_steps", "burn_in", "reset_every", "ais_walkers", "ais_steps",
+              "hidden"):
         g.add_argument("--" + f.replace("_", "-"), type=int, default=None)
     for f in ("step_size", "noise_std", "lr", "lr_z", "l2", "reinit", "ess_threshold", "cv2", "ref_var"):
         g.add_argument("--" + f.replace("_", "-"), type=float, default=None)
@@ -180,6 +182,8 @@ class EBMTrainer:
             self.train = (self.train - self.shift) / self.scale
         self.gen = torch.Generator().manual_seed(args.seed)  # data batches, noise inits (CPU: portable)
         kw = {"ref_var": self.s.ref_var} if self.s.ref_var is not None and self.s.model in ("mlp", "conv") else {}
+        if self.s.hidden is not None and self.s.model == "mlp":
+            kw["hidden"] = self.s.hidden
         self.energy = build_energy(self.s.model, data, **kw).to(device=device, dtype=self.dtype)
         if self.whiten:
             last = [m for m in self.energy.modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -205,8 +209,8 @@ class EBMTrainer:
         else:
             if data.kind == "gmm" or method == "cd":
                 self.x = self._data_batch(n)  # GMM.py: PCD and CD walkers start from resampled data
-            else:
-                self.x = self._noise(n)       # Du & Mordatch: the buffer starts as uniform noise
+            else:  # Du & Mordatch: the buffer starts as noise (uniform in the box; images: see _fresh)
+                self.x = self._fresh(n)
             self.offset = 0                    # Philox offset of the next Langevin step
 
     # ---------------------------------------------------------------- construction helpers
@@ -228,7 +232,14 @@ class EBMTrainer:
     def _initial_walkers(self, n: int) -> torch.Tensor:
         if hasattr(self.energy, "sample"):  # gmm: exact draws from the initial student
             return self.energy.sample(n, generator=self.gen).to(self.device, self.dtype)
+        if self.whiten:  # images: the initial model is exactly the reference N(0, ref_var I)
+            return self._reference_noise(n)
         return self._noise(n)
+
+    def _reference_noise(self, n: int) -> torch.Tensor:
+        """n draws [n, *shape] of N(0, ref_var I), the energy's Gaussian reference term."""
+        z = torch.randn((n, *self.data.shape), generator=self.gen, dtype=self.dtype)
+        return (math.sqrt(self.s.ref_var or 1.0) * z).to(self.device)
 
     def _noise(self, n: int) -> torch.Tensor:
         lo, hi = self.data.box
@@ -238,6 +249,12 @@ class EBMTrainer:
 
     def to_data_space(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.scale + self.shift if self.whiten else y
+
+    def _fresh(self, n: int) -> torch.Tensor:
+        """PCD's (re-)initialisation noise: uniform in the data box (Du & Mordatch) for 2-D data;
+        for whitened images the reference N(0, I), since uniform noise in the pixel box lands
+        tens of standard deviations out in whitened coordinates (energies ~ 10^3)."""
+        return self._reference_noise(n) if self.whiten else self._noise(n)
 
     def _data_batch(self, n: int) -> torch.Tensor:
         if n == 0 or n >= self.train.shape[0] and self.s.batch == 0:
@@ -298,7 +315,7 @@ class EBMTrainer:
         x = self.x if idx is None else self.x[idx]
         if self.method == "pcd" and s.reinit:
             fresh = torch.rand(x.shape[0], generator=self.gen) < s.reinit
-            x = torch.where(fresh.to(self.device).view(-1, *([1] * (x.dim() - 1))), self._noise(x.shape[0]), x)
+            x = torch.where(fresh.to(self.device).view(-1, *([1] * (x.dim() - 1))), self._fresh(x.shape[0]), x)
         clamp = tuple(self.box) if s.clamp and self.box is not None else None
         x = fl.sample(self.energy, x, s.k_steps, s.step_size, s.noise_std, seed=self.seed, offset=self.offset,
                       clamp=clamp).x
@@ -366,11 +383,12 @@ class EBMTrainer:
                                     title=f"{self.method} on {self.data.name}")]
         if self.data.kind in ("toy2d", "gmm"):
             paths.append(plots.save_energy_landscape(out / "energy.png", self.energy, self.data))
-        series = {k: history[k] for k in ("loss", "ess", "log_z", "logw_spread", "ce_estimate", "ce_exact",
+        series = {k: history[k] for k in ("loss", "ess", "log_z", "logw_spread", "ce_exact", "ce_estimate",
                                           "mode_weight_0") if k in history}
-        series["iter"] = history.get("iter", [])
-        if len(series) > 1:
-            paths.append(plots.save_traces(out / "traces.png", series))
+        if series:
+            paths.append(plots.save_traces(out / "traces.png", series, x=history.get("iter"),
+                                           overlay={"cross-entropy": ("ce_exact", "ce_estimate")},
+                                           title=f"{self.method} on {self.data.name}"))
         return paths
 
     # ---------------------------------------------------------------- state

@@ -136,18 +136,27 @@ def save_energy_landscape(path: PathLike, energy, data, bounds: Optional[Sequenc
     return _save(fig, path)
 
 
-def save_traces(path: PathLike, history: Mapping[str, Sequence[float]], *, title: Optional[str] = None) -> Path:
-    """One panel per series of `history` (name -> values per iteration, e.g. "ess", "log_z",
-    "max |log w|", "loss"), stacked, sharing the iteration axis. Non-finite values are left as
-    gaps. A series may be empty (drawn as an empty panel)."""
-    names = list(history)
-    if not names:
+def save_traces(path: PathLike, history: Mapping[str, Sequence[float]], *, title: Optional[str] = None,
+                x: Optional[Sequence[float]] = None, overlay: Mapping[str, Sequence[str]] = ()) -> Path:
+    """One panel per series of `history` (name -> values per logged iteration, e.g. "ess",
+    "log_z", "loss"), stacked, sharing the x axis: `x` (e.g. the logged iteration numbers), or
+    the index. `overlay` draws several series in one panel with a legend, e.g.
+    {"cross-entropy": ("ce_exact", "ce_estimate")}. Non-finite values are left as gaps."""
+    overlay = {k: [n for n in v if n in history] for k, v in dict(overlay).items()}
+    overlay = {k: v for k, v in overlay.items() if v}
+    inside = {n for v in overlay.values() for n in v}
+    panels = [(n, [n]) for n in history if n not in inside] + list(overlay.items())
+    if not panels:
         raise ValueError("save_traces: history is empty")
-    fig, axes = plt.subplots(len(names), 1, figsize=(7, 1.8 * len(names) + 0.5), sharex=True, squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
-        v = np.asarray([float(a) for a in history[name]], dtype=np.float64)
-        ax.plot(np.arange(len(v)), v, lw=1)
-        ax.set_ylabel(name, fontsize=9)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 1.8 * len(panels) + 0.5), sharex=True, squeeze=False)
+    for ax, (label, names) in zip(axes[:, 0], panels):
+        for name in names:
+            v = np.asarray([float(a) for a in history[name]], dtype=np.float64)
+            xs = np.arange(len(v)) if x is None else np.asarray(x, dtype=np.float64)[: len(v)]
+            ax.plot(xs, v, lw=1, label=name if len(names) > 1 else None)
+        if len(names) > 1:
+            ax.legend(fontsize=8)
+        ax.set_ylabel(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("iteration")
     if title:
