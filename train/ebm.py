@@ -107,8 +107,8 @@ def preset(method: str, kind: str, preset_name: str) -> Settings:
         s = Settings(iters=3000, model="mlp", n_walkers=2000, batch=500, neg_batch=500, k_steps=5, step_size=0.005,
                      lr=1e-3, l2=0.01, ref_var=16.0, burn_in=500, ais_walkers=1024, ais_steps=500)
     else:  # image
-        s = Settings(iters=2000, model="mlp", n_walkers=500, batch=250, neg_batch=250, k_steps=5, step_size=1e-2,
-                     lr=2e-4, l2=0.0, ref_var=1.0, hidden=128, burn_in=0, ais_walkers=1024, ais_steps=2000)
+        s = Settings(iters=2000, model="mlp", n_walkers=500, batch=250, neg_batch=250, k_steps=10, step_size=1e-2,
+                     lr=1e-4, l2=0.0, ref_var=1.0, hidden=128, burn_in=0, ais_walkers=1024, ais_steps=2000)
     if method == "pcd":
         s.reinit, s.clamp = 0.05, True
         s.n_walkers = 10 * s.neg_batch
