@@ -177,3 +177,11 @@ def test_compare_reuses_finished_runs_and_prints_the_table(gmm_runs, tmp_path, c
     w = jar["mode_weights"]
     assert f"| jarzynski | {w[0]:.3f} : {w[1]:.3f} | {jar['kl']:.3f} |" in text
     assert len(json.loads((tmp_path / "results.json").read_text())) == 2
+
+
+def test_time_budget_stops_training_and_still_evaluates(tmp_path):
+    assert _run(["pcd", "--data", "8gaussians", "--n-train", "200", "--iters", "1000", "--neg-batch", "32",
+                 "--batch", "32", "--time-budget", "1e-9", "--no-progress", "--no-pictures", "--out", tmp_path]) == 0
+    m = _metrics(tmp_path)
+    assert m["iters"] == 1 and "kl" in m and "tv" in m
+    assert torch.load(tmp_path / harness.CHECKPOINT, weights_only=False)["iter"] == 1

@@ -73,6 +73,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets, default_d
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     g.add_argument("--no-pictures", action="store_true", help="skip the PNGs (tests)")
     # Tests use this to simulate a Ctrl-C after a given iteration (the SIGINT path, exactly).
+    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training after this much training time (then evaluate as usual); "
+                        "for comparisons at equal wall-clock budget")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -187,6 +190,8 @@ def run(method: str, trainer_cls, args, *, load_data) -> int:
         bar = tqdm(iters, desc=f"{method} {args.data}", unit="it", initial=start, total=trainer.iters)
         iters = bar
     stop = _StopFlag()
+    budget = getattr(args, "time_budget", None)
+    done = trainer.iters
     try:
         with stop, open(jsonl, "a") as log:
             for it in iters:
@@ -213,6 +218,9 @@ def run(method: str, trainer_cls, args, *, load_data) -> int:
                     return 130
                 if (it + 1) % ckpt_every == 0:
                     save(it + 1)
+                if budget is not None and elapsed + (time.perf_counter() - t0) >= budget:
+                    done = it + 1
+                    break
     except Diverged as e:
         last = torch.load(ckpt_path, weights_only=False)["iter"] if ckpt_path.exists() else None
         atomic_write_json(out / "metrics.json", {"diverged": {"iter": e.it, "reason": e.reason},
@@ -223,9 +231,9 @@ def run(method: str, trainer_cls, args, *, load_data) -> int:
     finally:
         if bar is not None:
             bar.close()
-    save(trainer.iters)
+    save(done)
     train_seconds = elapsed + (time.perf_counter() - t0)
-    metrics = {"method": method, "data": args.data, "preset": args.preset, "iters": trainer.iters,
+    metrics = {"method": method, "data": args.data, "preset": args.preset, "iters": done,
                "train_seconds": round(train_seconds, 2), **trainer.evaluate()}
     atomic_write_json(out / "metrics.json", metrics)
     if not args.no_pictures:
