@@ -77,7 +77,25 @@ def _check_energy_output(op: str, u, x: torch.Tensor) -> torch.Tensor:
 
 def energy_and_grad(energy: Energy, x: torch.Tensor, op: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
     """(U(x) [N], grad_x U(x) [N, ...]), both detached. Gradients flow to x only: parameters of
-    an nn.Module energy get no .grad from this."""
+    an nn.Module energy get no .grad from this.
+
+    The closed-form protocol: an energy object with a method ``energy_and_grad(x)`` returning
+    (U [N], grad [N, ...] of x's shape) is evaluated through it, without autograd (every class
+    in fastlangevin.energies has one). The method must return U(x) and its exact gradient in x;
+    the results are detached here. Anything else is differentiated by autograd.
+    """
+    closed = getattr(energy, "energy_and_grad", None)
+    if callable(closed):
+        out = closed(x)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"{op}: energy.energy_and_grad must return a tuple (U, grad), got {type(out).__name__}")
+        u = _check_energy_output(op, out[0], x)
+        g = out[1]
+        if not torch.is_tensor(g) or g.shape != x.shape:
+            got = f"shape [{', '.join(map(str, g.shape))}]" if torch.is_tensor(g) else type(g).__name__
+            raise ValueError(f"{op}: energy.energy_and_grad returned a gradient of {got}, expected x's shape "
+                             f"[{', '.join(map(str, x.shape))}]")
+        return u.detach(), g.detach()
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         u = _check_energy_output(op, energy(xr), x)
