@@ -27,9 +27,9 @@ namespace {
 
 constexpr uint64_t kMhStream = uint64_t(1) << 62;  // fastlangevin.walkers.MH_STREAM
 
-// Elements per tile. Measured on the 2-core EPYC dev box, the paper's GMM (10^4 x 50, K = 2,
-// 200 ULA steps, 2 threads): 512 -> see bench/bench_chain.py; 2048 keeps the five [rows, d]
-// tile buffers (x, grad, y, grad_y, noise) at 40 KiB in float32, inside L2.
+// Elements per tile: the same 2048 as langevin_step's noise chunk (kChunk, measured there);
+// the five [rows, d] tile buffers (x, grad, y, grad_y, noise) take 40 KiB in float32, inside
+// L2. Not tuned for the chain separately yet.
 constexpr int64_t kTileElems = 2048;
 
 // Independent partial sums for the row reductions: enough to hide the add latency (2 AVX2
