@@ -27,6 +27,7 @@ BENCHES: list[str] = [
     "bench_langevin",
     "bench_resample",
     "bench_jarzynski",
+    "bench_chain",
 ]
 
 

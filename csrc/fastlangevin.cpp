@@ -45,4 +45,20 @@ TORCH_LIBRARY(fastlangevin, m) {
   m.def(
       "log_ratio_out(Tensor x, Tensor y, Tensor grad_x, Tensor? grad_y, Tensor energy_x, Tensor? energy_y, "
       "Tensor? step_t, Tensor? std_t, float step, float noise_std, float inv_ref_var, Tensor(a!) out) -> ()");
+  // n_steps Langevin steps of the Gaussian-mixture energy for every walker n, in one call:
+  //   q_k(v) = log_coef[k] - 1/2 sum_j (v_j - means[k, j])^2 inv_var[k, j],
+  //   U(v) = -logsumexp_k q_k(v),  grad U(v) = sum_k softmax(q(v))_k (v - means[k]) inv_var[k].
+  // Step k: y = x - step * grad + noise_std * xi (xi: the normals of stream (seed, offset + k),
+  // element n * d + j, exactly langevin_step's), then (U, grad) at y, and by mode:
+  //   0 ULA: x <- y;  1 weights: log_w[n] += alpha(x, y) - alpha(y, x), x <- y;
+  //   2 MALA: x <- y where log u < alpha(x, y) - alpha(y, x), u = resample uniform n of stream
+  //     (seed, 2^62 | ((offset + k) mod 2^62)); accepted[n] counts the accepted proposals.
+  // alpha as in log_ratio_out (float64). x, grad: [N, d], energy: [N], the state and its cached
+  // energy and gradient, updated in place (one dtype: float32 or float64); means, inv_var:
+  // [K, d], log_coef: [K] (x's dtype); log_w: float64 [N] (mode 1); log_w_steps: float64
+  // [n_steps, N], log_w after each step (mode 1, optional); accepted: int64 [N].
+  m.def(
+      "mixture_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor means, Tensor inv_var, "
+      "Tensor log_coef, int n_steps, float step, float noise_std, int seed, int offset, int mode, "
+      "Tensor(d!)? log_w, Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
 }

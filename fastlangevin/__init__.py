@@ -7,7 +7,9 @@
     res = fl.sample(energy, x0, n_steps=500, step_size=1e-2, seed=0)   # res.x, res.energy
     w = fl.Walkers(energy, x0, 1e-2)      # Jarzynski-weighted walkers with SMC resampling
     log_z, se = fl.log_partition(energy, dim=10)                        # AIS
+    gmm = fl.energies.GaussianMixture(means, log_weights)  # closed-form energies, fused chains
 """
+from . import energies
 from ._backend import backends
 from .ais import log_partition
 from .ops import langevin_step, philox, randn
@@ -20,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "backends",
+    "energies",
     "philox",
     "randn",
     "langevin_step",

@@ -307,3 +307,77 @@ def jarzynski_increment_ref(
     fwd = transition_log_ratio_ref(x_old, x_new, energy_old, grad_old, step_size, noise_std, ref_var=ref_var)
     bwd = transition_log_ratio_ref(x_new, x_old, energy_new, grad_new, step_size, noise_std, ref_var=ref_var)
     return fwd - bwd
+
+
+# --------------------------------------------------------------------------------------------
+# fused chains of analytic energies
+# --------------------------------------------------------------------------------------------
+
+# Offset of MALA's accept/reject uniforms for step k: MH_STREAM | (k mod 2^62) (fastlangevin.walkers).
+MH_STREAM = 1 << 62
+CHAIN_MODES = ("ula", "weights", "mh")
+
+
+def mixture_energy_ref(x, means, inv_var, log_coef) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U [N], grad U [N, d]) of the Gaussian-mixture energy, in x's dtype:
+
+        q_k(x) = log_coef_k - 1/2 sum_j (x_j - means_kj)^2 inv_var_kj
+        U(x) = -logsumexp_k q_k(x),   grad U(x) = sum_k softmax(q)_k (x - means_k) inv_var_k
+
+    x: [N, d]; means, inv_var: [K, d]; log_coef: [K]. This is GaussianMixture.energy_and_grad
+    (which calls it) and the per-step energy of mixture_chain_ref."""
+    means, inv_var, log_coef = means.to(x.dtype), inv_var.to(x.dtype), log_coef.to(x.dtype)
+    diff = x.unsqueeze(1) - means  # [N, K, d]
+    div = diff * inv_var
+    q = log_coef - 0.5 * (diff * div).sum(dim=2)  # [N, K]
+    r = torch.softmax(q, dim=1)
+    return -torch.logsumexp(q, dim=1), (r.unsqueeze(2) * div).sum(dim=1)
+
+
+def mixture_chain_ref(
+    x, energy, grad, means, inv_var, log_coef, n_steps: int, step_size: float, noise_std: float | None = None, *,
+    seed: int = 0, offset: int = 0, mode: str = "ula", log_w=None,
+):
+    """n_steps Langevin steps of the mixture energy (mixture_energy_ref), written as the loop
+    that sample() / Walkers run step by step. Step k (noise stream offset + k):
+
+        y = x - a grad + s xi_k                                   (langevin_step_ref)
+        U_y, grad_y = mixture_energy_ref(y)
+        ula:     x <- y
+        weights: log_w += alpha(x, y) - alpha(y, x)  (jarzynski_increment_ref); x <- y
+        mh:      x <- y where log u_k < alpha(x, y) - alpha(y, x), u_k = uniforms_ref(N, seed,
+                 MH_STREAM | (offset + k mod 2^62))
+
+    x, grad: [N, d]; energy: [N], the energy and gradient at x (the cached ones of a Walkers,
+    possibly from other parameters). Returns (x, energy, grad, log_w float64 [N] or None,
+    accepted int64 [N]: accepted proposals per walker (n_steps for ula/weights)).
+    """
+    if mode not in CHAIN_MODES:
+        raise ValueError(f"mixture_chain_ref: mode must be one of {CHAIN_MODES}, got {mode!r}")
+    s = noise_std if noise_std is not None else (2.0 * step_size) ** 0.5
+    n = x.shape[0]
+    accepted = torch.zeros(n, dtype=torch.int64, device=x.device)
+    if mode == "weights":
+        log_w = torch.zeros(n, dtype=torch.float64, device=x.device) if log_w is None else log_w.clone()
+    mask = (1 << 64) - 1
+    for k in range(n_steps):
+        off = (offset + k) & mask
+        y = langevin_step_ref(x, grad, step_size, s, seed=seed, offset=off)
+        u_y, g_y = mixture_energy_ref(y, means, inv_var, log_coef)
+        if mode == "ula":
+            x, energy, grad = y, u_y, g_y
+            accepted += 1
+            continue
+        inc = jarzynski_increment_ref(x, grad, energy, y, g_y, u_y, step_size, s)
+        if mode == "weights":
+            log_w = log_w + inc
+            x, energy, grad = y, u_y, g_y
+            accepted += 1
+        else:
+            u = uniforms_ref(n, seed, MH_STREAM | (off & (MH_STREAM - 1)), device=x.device)
+            acc = torch.log(u) < inc
+            x = torch.where(acc[:, None], y, x)
+            grad = torch.where(acc[:, None], g_y, grad)
+            energy = torch.where(acc, u_y, energy)
+            accepted += acc.to(torch.int64)
+    return x, energy, grad, log_w, accepted

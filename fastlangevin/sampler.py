@@ -77,7 +77,25 @@ def _check_energy_output(op: str, u, x: torch.Tensor) -> torch.Tensor:
 
 def energy_and_grad(energy: Energy, x: torch.Tensor, op: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
     """(U(x) [N], grad_x U(x) [N, ...]), both detached. Gradients flow to x only: parameters of
-    an nn.Module energy get no .grad from this."""
+    an nn.Module energy get no .grad from this.
+
+    The closed-form protocol: an energy object with a method ``energy_and_grad(x)`` returning
+    (U [N], grad [N, ...] of x's shape) is evaluated through it, without autograd (every class
+    in fastlangevin.energies has one). The method must return U(x) and its exact gradient in x;
+    the results are detached here. Anything else is differentiated by autograd.
+    """
+    closed = getattr(energy, "energy_and_grad", None)
+    if callable(closed):
+        out = closed(x)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"{op}: energy.energy_and_grad must return a tuple (U, grad), got {type(out).__name__}")
+        u = _check_energy_output(op, out[0], x)
+        g = out[1]
+        if not torch.is_tensor(g) or g.shape != x.shape:
+            got = f"shape [{', '.join(map(str, g.shape))}]" if torch.is_tensor(g) else type(g).__name__
+            raise ValueError(f"{op}: energy.energy_and_grad returned a gradient of {got}, expected x's shape "
+                             f"[{', '.join(map(str, x.shape))}]")
+        return u.detach(), g.detach()
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         u = _check_energy_output(op, energy(xr), x)
@@ -161,6 +179,13 @@ def sample(
     step size adapts toward ``target_accept`` (log a += 0.1 (rate - target) per step; the
     default noise sqrt(2 a) follows); those steps are not counted in ``acceptance``. Clamping
     and gradient clipping break the proposal density, so they are refused with mh=True.
+
+    Fused chains: when the energy has ``chain_params()`` (fastlangevin.energies.GaussianMixture
+    and Gaussian), x0 is float32/float64 [N, d], step_size and noise_std are floats, there is no
+    ref_var, grad_clip, clamp, trajectory, progress bar or step-size adaptation, and the backend
+    is cpu or reference, all n_steps run in one fastlangevin.chain.mixture_chain call (ULA or
+    MALA), with the same noise and uniforms as the loop. A non-finite energy is then reported
+    at the end of the chain, without the step number.
     """
     op = "sample"
     check_energy_and_walkers(op, energy, x0)
@@ -176,6 +201,8 @@ def sample(
     be = _backend.resolve(op, backend, x0.device)
     if check_every is None:
         check_every = 1 if x0.device.type == "cpu" else 100
+    fused = _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, be, return_trajectory, progress,
+                         adapt_steps if mh else 0, n_steps)
     if mh:
         if clamp is not None or grad_clip is not None:
             raise ValueError(f"{op}: mh=True cannot be combined with clamp or grad_clip: they change the "
@@ -188,10 +215,14 @@ def sample(
             raise ValueError(f"{op}: target_accept must be in (0, 1), got {target_accept!r}")
         if not torch.is_tensor(s) and s == 0.0:
             raise ValueError(f"{op}: mh=True needs noise_std > 0 (the proposal density must exist)")
+        if fused is not None:
+            return _sample_chain(op, energy, x0, n_steps, a, s, fused, seed=seed, offset=offset, backend=be, mh=True)
         return _sample_mala(energy, x0, n_steps, a, noise_std, seed=seed, offset=offset, ref_var=ref_var, backend=be,
                             progress=progress, return_trajectory=return_trajectory, check_every=check_every,
                             adapt_steps=adapt_steps, target_accept=target_accept)
 
+    if fused is not None:
+        return _sample_chain(op, energy, x0, n_steps, a, s, fused, seed=seed, offset=offset, backend=be, mh=False)
     x = x0.detach().clone(memory_format=torch.contiguous_format)
     traj = [x.clone()] if return_trajectory else None
     watch = _NonFiniteWatch(op, x.device, check_every)
@@ -276,3 +307,42 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
         a_k = _scaled_step(a, log_scale, n)
     return SampleResult(x=x, energy=u_x, trajectory=torch.stack(traj) if traj is not None else None, n_steps=n_steps,
                         backend=backend, acceptance=acceptance, step_size=a_k)
+
+
+def _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, backend, return_trajectory, progress, adapt_steps,
+                 n_steps):
+    """The energy's chain parameters when sample() can run the fused chain, else None."""
+    from .chain import CHAIN_BACKENDS, chain_params_of
+
+    if (backend not in CHAIN_BACKENDS or torch.is_tensor(a) or torch.is_tensor(s) or ref_var is not None
+            or grad_clip is not None or clamp is not None or return_trajectory or progress or adapt_steps
+            or n_steps == 0 or x0.dim() != 2 or x0.dtype not in (torch.float32, torch.float64)):
+        return None
+    params = chain_params_of(energy)
+    if params is None or params[0].shape[1] != x0.shape[1] or params[0].device != x0.device:
+        return None
+    return params
+
+
+def _raise_if_non_finite(op: str, u: torch.Tensor, g: torch.Tensor, where: str) -> None:
+    bad = ~torch.isfinite(u) | ~torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        raise NonFiniteError(f"{op}: energy or gradient became non-finite {where} for {int(bad.sum())} walker(s); "
+                             "lower the step size or check the energy")
+
+
+def _sample_chain(op, energy, x0, n_steps, a, s, params, *, seed, offset, backend, mh) -> SampleResult:
+    """sample() as one fused chain (arguments validated, params from _fused_chain)."""
+    from .chain import mixture_chain
+
+    x = x0.detach()
+    u, g = energy_and_grad(energy, x, op)
+    _raise_if_non_finite(op, u, g, "at step 0 (the initial state)")
+    res = mixture_chain(x, *params, n_steps, a, s, energy=u, grad=g, seed=seed, offset=offset,
+                        mode="mh" if mh else "ula", backend=backend)
+    _raise_if_non_finite(op, res.energy, res.grad, f"within steps 0..{n_steps} (fused chain)")
+    acceptance = None
+    if mh:
+        acceptance = res.accepted.sum().to(torch.float64) / (x.shape[0] * n_steps)
+    return SampleResult(x=res.x, energy=res.energy, trajectory=None, n_steps=n_steps, backend=backend,
+                        acceptance=acceptance, step_size=a if mh else None)

@@ -41,6 +41,11 @@ MH_STREAM = 1 << 62
 
 SCHEMES = ("multinomial", "systematic", "stratified", "residual")
 
+# Steps per speculative chunk of the fused path when resampling may trigger: the log-weights
+# of every step of a chunk are kept ([CHAIN_CHUNK, N] float64, 2 MB at N = 10^4), and a trigger
+# at step t costs a replay of t + 1 steps.
+CHAIN_CHUNK = 32
+
 
 class Walkers:
     """N Langevin walkers x [N, ...] on ``energy`` ([N, ...] -> [N], lower is likelier), with
@@ -144,9 +149,20 @@ class Walkers:
     # ------------------------------------------------------------------ moves
     def step(self, n_steps: int = 1) -> "Walkers":
         """n_steps weighted Langevin steps (see the module docstring), resampling on the device
-        whenever ESS < ess_threshold * N. Returns self."""
+        whenever ESS < ess_threshold * N. Returns self.
+
+        With a GaussianMixture or Gaussian energy (``chain_params()``), float step_size and
+        noise_std, no ref_var, [N, d] walkers and the cpu or reference backend, the n steps run
+        as fused chains (fastlangevin.chain.mixture_chain), same noise, same results to float
+        tolerance. Resampling is handled by speculate-and-replay: a chunk of up to CHAIN_CHUNK
+        steps runs with the log-weights of every step recorded; if ESS falls below the threshold
+        after step t of the chunk, the chunk is replayed from its start for t + 1 steps (the
+        chain is deterministic), the walkers are resampled exactly as the loop would, and the
+        next chunk starts there. Non-finite energies are then reported at the end of a chunk."""
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
             raise ValueError(f"Walkers.step: n_steps must be an int >= 0, got {n_steps!r}")
+        if n_steps and self._fused_params() is not None:
+            return self._step_fused(n_steps)
         for _ in range(n_steps):
             k = self.steps
             x_new = langevin_step(
@@ -165,6 +181,55 @@ class Walkers:
             self.steps = k + 1
             if self.use_weights and self.scheme is not None:
                 self._resample_if(self.ess < self.ess_threshold * self.n, self.scheme, RESAMPLE_STREAM | k)
+        return self
+
+    def _fused_params(self):
+        """The energy's chain parameters when step() can run fused chains, else None."""
+        from .chain import CHAIN_BACKENDS, chain_params_of
+
+        if (self.backend not in CHAIN_BACKENDS or torch.is_tensor(self.step_size) or torch.is_tensor(self.noise_std)
+                or self.ref_var is not None or self.x.dim() != 2
+                or self.x.dtype not in (torch.float32, torch.float64)
+                or (self.use_weights and self.noise_std == 0.0)):
+            return None
+        params = chain_params_of(self.energy_fn)
+        if params is None or params[0].shape[1] != self.x.shape[1] or params[0].device != self.x.device:
+            return None
+        return params
+
+    def _step_fused(self, n_steps: int) -> "Walkers":
+        """step(n_steps) as fused chains (see step())."""
+        from .chain import mixture_chain
+
+        params = self._fused_params()
+        resampling = self.use_weights and self.scheme is not None
+        mode = "weights" if self.use_weights else "ula"
+        left = n_steps
+        while left:
+            m = min(left, CHAIN_CHUNK) if resampling else left
+            run = dict(seed=self.seed, offset=self.steps, mode=mode, backend=self.backend, energy=self.energy,
+                       grad=self.grad, log_w=self.log_weights if self.use_weights else None)
+            res = mixture_chain(self.x, *params, m, self.step_size, self.noise_std, return_log_w_steps=resampling,
+                                **run)
+            done, trigger = m, False
+            if resampling:
+                lw = res.log_w_steps
+                lse = torch.logsumexp(lw, dim=1)
+                ess = torch.where(torch.isneginf(lse), 0.0, torch.exp(2.0 * lse - torch.logsumexp(2.0 * lw, dim=1)))
+                hits = torch.nonzero(ess < self.ess_threshold * self.n)
+                if hits.numel():
+                    done, trigger = int(hits[0, 0]) + 1, True
+                    if done < m:  # replay the chunk up to the triggering step
+                        res = mixture_chain(self.x, *params, done, self.step_size, self.noise_std, **run)
+            self.x, self.energy, self.grad = res.x, res.energy, res.grad
+            if self.use_weights:
+                self.log_weights = res.log_w
+            self.steps += done
+            left -= done
+            self._watch.update(self.steps - 1, self.energy, self.grad)
+            if trigger:
+                self._resample_if(torch.ones((), dtype=torch.bool, device=self.x.device), self.scheme,
+                                  RESAMPLE_STREAM | (self.steps - 1))
         return self
 
     def resample(self, scheme: Optional[str] = None, *, when: Optional[torch.Tensor] = None) -> "Walkers":

@@ -25,6 +25,7 @@
 #include "../normal.h"
 #include "../philox.h"
 #include "../step_checks.h"
+#include "normals_cpu.h"
 
 namespace fastlangevin {
 namespace {
@@ -155,6 +156,9 @@ bool cpu_has_avx2() {
 }
 #endif
 
+}  // namespace
+
+// Exported (csrc/cpu/normals_cpu.h) for the fused chains of csrc/cpu/chain_cpu.cpp.
 void fill_normals_f32(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, float* __restrict__ out) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (cpu_has_avx2()) {
@@ -165,12 +169,14 @@ void fill_normals_f32(uint64_t seed, uint64_t offset, uint64_t block0, int64_t n
   fill_normals_f32_generic(seed, offset, block0, nblocks, out);
 }
 
-void fill_normals_f64(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, double* out) {
+void fill_normals_f64(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, double* __restrict__ out) {
   for (int64_t j = 0; j < nblocks; ++j) {
     const Words4 w = philox_block(seed, offset, block0 + static_cast<uint64_t>(j));
     normals4_f64(w, out + 4 * j);
   }
 }
+
+namespace {
 
 // Normals for elements [i0, i1) (i0 a multiple of 4) into buf[0 .. i1 - i0).
 template <typename acc_t>

@@ -1,0 +1,300 @@
+// CPU kernel of the fused Gaussian-mixture chain (schema and update equations in
+// csrc/fastlangevin.cpp, readable version fastlangevin/reference.py::mixture_chain_ref).
+//
+// Layout of the work: walkers are cut into tiles of rows (about kTileElems elements); each
+// OpenMP task copies a tile's state (x, grad, energy) into local buffers and runs all n_steps
+// on it before writing it back, so the state never leaves L1/L2 between steps. Per step the
+// tile's normals come from the same vectorised Philox/Box-Muller generator as langevin_step
+// (csrc/cpu/normals_cpu.h) into a buffer, for the tile's contiguous element range: element
+// n * d + j of step k is the same normal the step-by-step path adds. A Philox block that
+// straddles two tiles is computed by both (at most one extra block per tile per step).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../log_ratio.h"
+#include "../philox.h"
+#include "normals_cpu.h"
+
+namespace fastlangevin {
+namespace {
+
+constexpr uint64_t kMhStream = uint64_t(1) << 62;  // fastlangevin.walkers.MH_STREAM
+
+// Elements per tile: the same 2048 as langevin_step's noise chunk (kChunk, measured there);
+// the five [rows, d] tile buffers (x, grad, y, grad_y, noise) take 40 KiB in float32, inside
+// L2. Not tuned for the chain separately yet.
+constexpr int64_t kTileElems = 2048;
+
+// Independent partial sums for the row reductions: enough to hide the add latency (2 AVX2
+// registers of float32).
+constexpr int kLanes = 16;
+
+enum Mode : int64_t { kUla = 0, kWeights = 1, kMala = 2 };
+
+template <typename T>
+struct ChainArgs {
+  const T* means;   // [K, d]
+  const T* iv;      // [K, d]
+  const T* coef;    // [K]
+  int64_t K, d, N, n_steps;
+  T a, s;
+  uint64_t seed, offset;
+  int64_t mode;
+  RatioCoef rc;
+  double* log_w;        // [N] or null
+  double* log_w_steps;  // [n_steps, N] or null
+  int64_t* accepted;    // [N]
+};
+
+// sum_j (v_j - m_j)^2 iv_j with kLanes independent partial sums.
+template <typename T>
+FL_HD T quad_form(const T* __restrict__ v, const T* __restrict__ m, const T* __restrict__ iv, int64_t d) {
+  T part[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes) {
+    FL_UNROLL
+    for (int l = 0; l < kLanes; ++l) {
+      const T df = v[j + l] - m[j + l];
+      part[l] += df * df * iv[j + l];
+    }
+  }
+  T acc = 0;
+  for (; j < d; ++j) {
+    const T df = v[j] - m[j];
+    acc += df * df * iv[j];
+  }
+  FL_UNROLL
+  for (int l = 0; l < kLanes; ++l) acc += part[l];
+  return acc;
+}
+
+// U(v), and grad U(v) into g[d]; q: scratch [K].
+template <typename T>
+FL_HD T mixture_eval(const T* __restrict__ v, const ChainArgs<T>& c, T* __restrict__ q, T* __restrict__ g) {
+  const int64_t d = c.d;
+  T qmax = -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < c.K; ++k) {
+    q[k] = c.coef[k] - T(0.5) * quad_form(v, c.means + k * d, c.iv + k * d, d);
+    qmax = q[k] > qmax ? q[k] : qmax;
+  }
+  T sum = 0;
+  for (int64_t k = 0; k < c.K; ++k) {
+    q[k] = std::exp(q[k] - qmax);
+    sum += q[k];
+  }
+  const T inv = T(1) / sum;
+  for (int64_t k = 0; k < c.K; ++k) {
+    const T r = q[k] * inv;
+    const T* m = c.means + k * d;
+    const T* iv = c.iv + k * d;
+    if (k == 0) {
+      for (int64_t j = 0; j < d; ++j) g[j] = r * ((v[j] - m[j]) * iv[j]);
+    } else {
+      for (int64_t j = 0; j < d; ++j) g[j] += r * ((v[j] - m[j]) * iv[j]);
+    }
+  }
+  return -(qmax + std::log(sum));
+}
+
+// sum_j increment_term(x_j, y_j, gx_j, gy_j) in float64 (csrc/log_ratio.h).
+template <typename T>
+FL_HD double increment_sum(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ gx,
+                           const T* __restrict__ gy, int64_t d, const RatioCoef& rc) {
+  double part[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= d; j += 8) {
+    FL_UNROLL
+    for (int l = 0; l < 8; ++l)
+      part[l] += increment_term(static_cast<double>(x[j + l]), static_cast<double>(y[j + l]),
+                                static_cast<double>(gx[j + l]), static_cast<double>(gy[j + l]), rc);
+  }
+  double acc = 0.0;
+  for (; j < d; ++j)
+    acc += increment_term(static_cast<double>(x[j]), static_cast<double>(y[j]), static_cast<double>(gx[j]),
+                          static_cast<double>(gy[j]), rc);
+  FL_UNROLL
+  for (int l = 0; l < 8; ++l) acc += part[l];
+  return acc;
+}
+
+template <typename T>
+struct TileBuffers {
+  std::vector<T> x, g, y, gy, noise, q, u;
+  TileBuffers(int64_t rows, int64_t d, int64_t K)
+      : x(rows * d), g(rows * d), y(rows * d), gy(rows * d), noise(rows * d + 8), q(K), u(rows) {}
+};
+
+// All n_steps for walkers [r0, r1): state in (xs, gs, us) of the buffers.
+template <typename T>
+FL_HD void run_tile(const ChainArgs<T>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
+  const int64_t d = c.d;
+  const uint64_t e0 = (static_cast<uint64_t>(r0) * d) & ~uint64_t(3);  // first element of the first Philox block
+  const uint64_t e1 = static_cast<uint64_t>(r1) * d;
+  const int64_t nblocks = static_cast<int64_t>((e1 - e0 + 3) / 4);
+  T* __restrict__ xs = b.x.data();
+  T* __restrict__ gs = b.g.data();
+  T* __restrict__ ys = b.y.data();
+  T* __restrict__ gys = b.gy.data();
+  T* __restrict__ q = b.q.data();
+  T* us = b.u.data();
+  const T a = c.a, s = c.s;
+  for (int64_t k = 0; k < c.n_steps; ++k) {
+    const uint64_t off = c.offset + static_cast<uint64_t>(k);  // wraps mod 2^64 like sample()'s offsets
+    if constexpr (std::is_same_v<T, float>) {
+      fill_normals_f32(c.seed, off, e0 / 4, nblocks, b.noise.data());
+    } else {
+      fill_normals_f64(c.seed, off, e0 / 4, nblocks, b.noise.data());
+    }
+    const uint64_t mh_off = kMhStream | (off & (kMhStream - 1));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t lr = r - r0;
+      T* __restrict__ x = xs + lr * d;
+      T* __restrict__ g = gs + lr * d;
+      const T* __restrict__ xi = b.noise.data() + (static_cast<uint64_t>(r) * d - e0);
+      if (c.mode == kUla) {
+        // langevin_step's order: (x - a g) + s xi
+        for (int64_t j = 0; j < d; ++j) x[j] = (x[j] - a * g[j]) + s * xi[j];
+        us[lr] = mixture_eval(x, c, q, g);
+        continue;
+      }
+      T* __restrict__ y = ys + lr * d;
+      T* __restrict__ gy = gys + lr * d;
+      for (int64_t j = 0; j < d; ++j) y[j] = (x[j] - a * g[j]) + s * xi[j];
+      const T uy = mixture_eval(y, c, q, gy);
+      const double inc =
+          (static_cast<double>(us[lr]) - static_cast<double>(uy)) + increment_sum(x, y, g, gy, d, c.rc);
+      bool take = true;
+      if (c.mode == kWeights) {
+        c.log_w[r] += inc;
+        if (c.log_w_steps) c.log_w_steps[k * c.N + r] = c.log_w[r];
+      } else {
+        const double u01 = resample_uniform(c.seed, mh_off, static_cast<uint64_t>(r));
+        take = std::log(u01) < inc;  // NaN ratios reject, as in sample()'s MALA
+        c.accepted[r] += take ? 1 : 0;
+      }
+      if (take) {
+        std::copy(y, y + d, x);
+        std::copy(gy, gy + d, g);
+        us[lr] = uy;
+      }
+    }
+  }
+}
+
+template <typename T>
+void run_tile_generic(const ChainArgs<T>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
+  run_tile(c, r0, r1, b);
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+// The same code compiled for AVX2 + FMA, picked at run time (the extension itself is built for
+// baseline x86-64, SSE2).
+template <typename T>
+__attribute__((target("avx2,fma"))) void run_tile_avx2(const ChainArgs<T>& c, int64_t r0, int64_t r1,
+                                                       TileBuffers<T>& b) {
+  run_tile(c, r0, r1, b);
+}
+
+bool chain_use_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+template <typename T>
+void run_chain(const ChainArgs<T>& c, T* xp, T* gp, T* up) {
+  const int64_t d = c.d;
+  const int64_t rows = std::max<int64_t>(1, kTileElems / d);
+  const int64_t n_tiles = (c.N + rows - 1) / rows;
+  at::parallel_for(0, n_tiles, 1, [&](int64_t tb, int64_t te) {
+    TileBuffers<T> b(rows, d, c.K);
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t r0 = t * rows, r1 = std::min(c.N, r0 + rows);
+      std::copy(xp + r0 * d, xp + r1 * d, b.x.data());
+      std::copy(gp + r0 * d, gp + r1 * d, b.g.data());
+      std::copy(up + r0, up + r1, b.u.data());
+#if defined(__x86_64__) || defined(_M_X64)
+      if (chain_use_avx2()) {
+        run_tile_avx2(c, r0, r1, b);
+      } else {
+        run_tile_generic(c, r0, r1, b);
+      }
+#else
+      run_tile_generic(c, r0, r1, b);
+#endif
+      std::copy(b.x.data(), b.x.data() + (r1 - r0) * d, xp + r0 * d);
+      std::copy(b.g.data(), b.g.data() + (r1 - r0) * d, gp + r0 * d);
+      std::copy(b.u.data(), b.u.data() + (r1 - r0), up + r0);
+    }
+  });
+}
+
+void mixture_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, const at::Tensor& means,
+                       const at::Tensor& inv_var, const at::Tensor& log_coef, int64_t n_steps, double step,
+                       double noise_std, int64_t seed, int64_t offset, int64_t mode,
+                       const std::optional<at::Tensor>& log_w, const std::optional<at::Tensor>& log_w_steps,
+                       at::Tensor& accepted) {
+  // Guards for direct callers; fastlangevin/chain.py checks everything with friendly messages.
+  TORCH_CHECK(x.dim() == 2, "mixture_chain: x must be [N, d]");
+  const int64_t N = x.size(0), d = x.size(1);
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == d, "mixture_chain: means must be [K, d]");
+  const int64_t K = means.size(0);
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "mixture_chain: x must be float32 or float64");
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&x, &energy, &grad, &means, &inv_var, &log_coef})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == st, "mixture_chain: tensors must be contiguous, x's dtype");
+  TORCH_CHECK(grad.sizes() == x.sizes() && energy.dim() == 1 && energy.size(0) == N,
+              "mixture_chain: grad must be [N, d] and energy [N]");
+  TORCH_CHECK(inv_var.sizes() == means.sizes() && log_coef.dim() == 1 && log_coef.size(0) == K && K >= 1,
+              "mixture_chain: inv_var must be [K, d] and log_coef [K]");
+  TORCH_CHECK(mode >= kUla && mode <= kMala, "mixture_chain: mode must be 0 (ULA), 1 (weights) or 2 (MALA)");
+  TORCH_CHECK(n_steps >= 0, "mixture_chain: n_steps must be >= 0");
+  TORCH_CHECK(accepted.is_contiguous() && accepted.scalar_type() == at::kLong && accepted.numel() == N,
+              "mixture_chain: accepted must be int64 [N]");
+  TORCH_CHECK(mode != kWeights || log_w.has_value(), "mixture_chain: mode 1 (weights) needs log_w");
+  if (log_w)
+    TORCH_CHECK(log_w->is_contiguous() && log_w->scalar_type() == at::kDouble && log_w->numel() == N,
+                "mixture_chain: log_w must be float64 [N]");
+  if (log_w_steps)
+    TORCH_CHECK(log_w_steps->is_contiguous() && log_w_steps->scalar_type() == at::kDouble &&
+                    log_w_steps->numel() == n_steps * N,
+                "mixture_chain: log_w_steps must be float64 [n_steps, N]");
+  if (N == 0 || n_steps == 0) return;
+
+  AT_DISPATCH_FLOATING_TYPES(st, "mixture_chain_cpu", [&] {
+    ChainArgs<scalar_t> c;
+    c.means = means.data_ptr<scalar_t>();
+    c.iv = inv_var.data_ptr<scalar_t>();
+    c.coef = log_coef.data_ptr<scalar_t>();
+    c.K = K;
+    c.d = d;
+    c.N = N;
+    c.n_steps = n_steps;
+    c.a = static_cast<scalar_t>(step);
+    c.s = static_cast<scalar_t>(noise_std);
+    c.seed = static_cast<uint64_t>(seed);
+    c.offset = static_cast<uint64_t>(offset);
+    c.mode = mode;
+    c.rc = ratio_coef(step, noise_std, 0.0);
+    c.log_w = mode == kWeights ? log_w->data_ptr<double>() : nullptr;
+    c.log_w_steps = (mode == kWeights && log_w_steps) ? log_w_steps->data_ptr<double>() : nullptr;
+    c.accepted = accepted.data_ptr<int64_t>();
+    run_chain(c, x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), energy.data_ptr<scalar_t>());
+  });
+  if (mode != kMala) accepted.add_(n_steps);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlangevin, CPU, m) {
+  m.impl("mixture_chain", &mixture_chain_cpu);
+}
+
+}  // namespace fastlangevin

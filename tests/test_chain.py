@@ -1,0 +1,172 @@
+"""fastlangevin.chain.mixture_chain: the fused chain against the reference loop and against the
+step-by-step path of sample() / Walkers (same seed, same noise)."""
+import pytest
+import torch
+
+import fastlangevin as fl
+from fastlangevin.chain import mixture_chain
+from fastlangevin.energies import Gaussian, GaussianMixture
+
+from conftest import require
+
+BACKENDS = ["reference", "cpu"]
+
+
+class _StepByStep(torch.nn.Module):
+    """The same energy without chain_params(): sample() and Walkers take the step-by-step path
+    (closed-form gradients, one langevin_step per step)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def energy_and_grad(self, x):
+        return self.inner.energy_and_grad(x)
+
+
+def _gmm(d=50, dtype=torch.float64, kind="carbone"):
+    if kind == "carbone":  # the paper's GMM: unit-variance modes at -10 e1 and 6 e1, masses 1/4, 3/4
+        means = torch.zeros(2, d, dtype=dtype)
+        means[0, 0], means[1, 0] = -10.0, 6.0
+        return GaussianMixture(means, torch.tensor([0.25, 0.75], dtype=dtype).log())
+    gen = torch.Generator().manual_seed(1)
+    return GaussianMixture(2 * torch.randn(3, d, generator=gen, dtype=dtype), torch.randn(3, generator=gen, dtype=dtype),
+                           0.5 + torch.rand(3, d, generator=gen, dtype=dtype))
+
+
+def _x0(n, d, dtype, seed=0):
+    return 3 * torch.randn(n, d, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["ula", "weights", "mh"])
+@pytest.mark.parametrize("kind,d", [("carbone", 50), ("diag", 5)])
+def test_cpu_kernel_equals_reference(dtype, mode, kind, d):
+    """d = 5 and 50 are not multiples of 4: rows share Philox blocks with their neighbours and
+    tiles start mid-block. 300 walkers span several tiles."""
+    require("cpu", "cpu")
+    e = _gmm(d, dtype, kind)
+    x0 = _x0(300, d, dtype)
+    kw = dict(seed=3, offset=(1 << 64) - 7, mode=mode)  # offsets wrap past 2^64 within the chain
+    got = mixture_chain(x0, *e.chain_params(), 20, 0.05, backend="cpu", **kw)
+    want = mixture_chain(x0, *e.chain_params(), 20, 0.05, backend="reference", **kw)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.x, want.x, **tol)
+    torch.testing.assert_close(got.energy, want.energy, **tol)
+    torch.testing.assert_close(got.grad, want.grad, **tol)
+    assert torch.equal(got.accepted, want.accepted)
+    if mode == "mh":
+        assert 0 < int(got.accepted.sum()) < 300 * 20  # some proposals rejected, some accepted
+    else:
+        assert torch.equal(got.accepted, torch.full((300,), 20))
+    if mode == "weights":
+        torch.testing.assert_close(got.log_w, want.log_w, rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-9)
+        assert got.log_w.abs().max() > 1e-3  # the weights moved
+    # the inputs are untouched
+    assert torch.equal(x0, _x0(300, d, dtype))
+
+
+def test_log_w_steps_are_the_per_step_weights():
+    require("cpu", "cpu")
+    e = _gmm(7, torch.float64, "diag")
+    x0 = _x0(64, 7, torch.float64)
+    for be in BACKENDS:
+        full = mixture_chain(x0, *e.chain_params(), 6, 0.05, seed=1, mode="weights", return_log_w_steps=True,
+                             backend=be)
+        assert full.log_w_steps.shape == (6, 64)
+        for t in (1, 4):
+            part = mixture_chain(x0, *e.chain_params(), t, 0.05, seed=1, mode="weights", backend=be)
+            torch.testing.assert_close(full.log_w_steps[t - 1], part.log_w, rtol=0, atol=1e-12)
+        torch.testing.assert_close(full.log_w_steps[-1], full.log_w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mh", [False, True])
+def test_sample_fused_equals_step_by_step(backend, dtype, mh):
+    require("cpu", backend)
+    e = _gmm(50, dtype)
+    x0 = _x0(200, 50, dtype)
+    fused = fl.sample(e, x0, 25, 0.1, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(_StepByStep(e), x0, 25, 0.1, seed=5, offset=11, mh=mh, backend=backend)
+    if backend == "reference":  # the oracle chain is literally the loop's arithmetic
+        assert torch.equal(fused.x, loop.x)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused.x, loop.x, **tol)
+    torch.testing.assert_close(fused.energy, loop.energy, **tol)
+    if mh:
+        torch.testing.assert_close(fused.acceptance, loop.acceptance, rtol=0, atol=1e-12)
+        assert 0.3 < float(fused.acceptance) < 1.0
+    other = fl.sample(e, x0, 25, 0.1, seed=6, offset=11, mh=mh, backend=backend)
+    assert (other.x - fused.x).abs().max() > 0.1
+
+
+def test_sample_gaussian_fused_equals_autograd():
+    """Gaussian runs as the K = 1 mixture; against the autograd loop on the same energy."""
+    require("cpu", "cpu")
+    e = Gaussian(torch.linspace(-1, 1, 9, dtype=torch.float64), torch.linspace(0.5, 2, 9, dtype=torch.float64))
+    x0 = _x0(128, 9, torch.float64)
+    fused = fl.sample(e, x0, 40, 0.05, seed=2)
+    loop = fl.sample(lambda x: e(x), x0, 40, 0.05, seed=2)
+    torch.testing.assert_close(fused.x, loop.x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused.energy, loop.energy, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weights,resample", [(False, None), (True, None), (True, "systematic"), (True, "multinomial")])
+def test_walkers_fused_equals_step_by_step(backend, weights, resample):
+    """Walkers.step(n) fused (speculate-and-replay around resampling) against the loop: same
+    resampling steps, same walkers and weights. ess_threshold 0.95 makes resampling fire
+    several times within the 70 steps (asserted), including inside one speculative chunk."""
+    require("cpu", backend)
+    e = _gmm(6, torch.float64, "diag")
+    x0 = _x0(256, 6, torch.float64)
+    kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
+    w1, w2 = fl.Walkers(e, x0, 0.05, **kw), fl.Walkers(_StepByStep(e), x0, 0.05, **kw)
+    w1.step(30)
+    w2.step(30)
+    # a parameter change between calls: the first step's increment uses the cached old energy
+    with torch.no_grad():
+        e.means.add_(0.1)
+    w1.step(40)
+    w2.step(40)
+    assert w1.steps == w2.steps == 70
+    assert int(w1.n_resampled) == int(w2.n_resampled)
+    if resample is not None:
+        assert int(w1.n_resampled) >= 3
+    for k in ("x", "grad", "energy", "log_weights"):
+        torch.testing.assert_close(getattr(w1, k), getattr(w2, k), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(w1.log_z, w2.log_z, rtol=1e-9, atol=1e-9)
+
+
+def test_chain_errors():
+    e = _gmm(4, torch.float32, "diag")
+    x = torch.zeros(8, 4)
+    p = e.chain_params()
+    with pytest.raises(ValueError, match=r"mixture_chain: means has shape \[3, 4\], expected \[K, 5\]"):
+        mixture_chain(torch.zeros(8, 5), *p, 3, 0.1)
+    with pytest.raises(ValueError, match=r"mixture_chain: log_coef has shape \[2\], expected \[3\]"):
+        mixture_chain(x, p[0], p[1], p[2][:2], 3, 0.1)
+    with pytest.raises(ValueError, match="mixture_chain: mode must be one of"):
+        mixture_chain(x, *p, 3, 0.1, mode="hmc")
+    with pytest.raises(TypeError, match="mixture_chain: step_size must be a float"):
+        mixture_chain(x, *p, 3, torch.full((8,), 0.1))
+    with pytest.raises(ValueError, match="mixture_chain: noise_std must be finite and > 0"):
+        mixture_chain(x, *p, 3, 0.1, 0.0, mode="mh")
+    with pytest.raises(ValueError, match="mixture_chain: give both energy and grad"):
+        mixture_chain(x, *p, 3, 0.1, energy=torch.zeros(8))
+    with pytest.raises(TypeError, match="mixture_chain: x must be float32 or float64"):
+        mixture_chain(x.half(), *p, 3, 0.1)
+    status = fl.backends()["triton"]
+    if status is True:
+        with pytest.raises(ValueError, match="mixture_chain: backend 'triton' has no fused chain kernel"):
+            mixture_chain(x, *p, 3, 0.1, backend="triton")
+
+
+def test_sample_non_finite_in_fused_chain():
+    e = Gaussian(torch.zeros(3), 1e-3)
+    with pytest.raises(fl.NonFiniteError, match=r"sample: .*non-finite within steps 0..50 \(fused chain\) for 4 walker"):
+        fl.sample(e, torch.ones(4, 3), 50, 1.0)
