@@ -80,14 +80,25 @@ class GMMStudent(nn.Module):
             d2 = (x[:, None, :] - a[None]).pow(2).sum(-1)
         return -0.5 * d2 - self.z.to(x.dtype)[None]
 
+    def chain_params(self) -> tuple:
+        """(means [K, d], inv_var [K, d] = 1, log_coef [K] = -z), detached: this energy as
+        fastlangevin.energies.GaussianMixture(means, log_weights=-z, var=1), so fastlangevin's
+        closed-form protocol and fused mixture chain (Walkers.step, sample) run it without
+        autograd. The trainers' parameter gradients still go through forward()."""
+        a = self.means.detach()
+        return a, torch.ones_like(a), -self.z.detach()
+
     @torch.no_grad()
     def energy_and_grad(self, x: torch.Tensor) -> tuple:
-        """Closed form, no autograd: U(x) [N] and grad_x U = x - sum_i r_i(x) a_i [N, d], with
-        r = softmax over modes of the component logits (the responsibilities)."""
-        logits = self.component_logits(x)
-        u = -torch.logsumexp(logits, dim=1)
-        r = torch.softmax(logits, dim=1)
-        g = _flat(x) - r @ self.means.to(x.dtype)
+        """Closed form, no autograd: U(x) [N] and grad_x U = sum_i r_i(x) (x - a_i) [N, d]
+        (float32: fastlangevin.reference.mixture_energy_ref, the fused chain's own arithmetic)."""
+        if x.dtype == torch.float64:  # the matmul form of component_logits (see there): 3x faster
+            logits = self.component_logits(x)
+            g = _flat(x) - torch.softmax(logits, dim=1) @ self.means.detach()
+            return -torch.logsumexp(logits, dim=1), g.reshape(x.shape)
+        from fastlangevin.reference import mixture_energy_ref
+
+        u, g = mixture_energy_ref(_flat(x), *self.chain_params())
         return u, g.reshape(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

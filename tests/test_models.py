@@ -159,3 +159,28 @@ def test_build_energy_defaults():
         build_energy("conv", toy)
     with pytest.raises(ValueError, match="available"):
         build_energy("nope", toy)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_gmm_student_closed_form_matches_autograd_and_the_library_mixture(dtype, tol):
+    """GMMStudent's closed-form (U, grad U) equals autograd of its forward, and the student is
+    fastlangevin.energies.GaussianMixture(means, log_weights=-z, var=1) (which lets Walkers run
+    it as a fused chain)."""
+    import fastlangevin as fl
+
+    g = torch.Generator().manual_seed(3)
+    m = GMMStudent(50, init="randn", generator=g, dtype=dtype)
+    with torch.no_grad():
+        m.z_rest.fill_(0.7)
+    x = (3 * torch.randn(64, 50, generator=g, dtype=torch.float64)).to(dtype)
+    x[:, 0] -= 8
+    u, grad = m.energy_and_grad(x)
+    xr = x.clone().requires_grad_(True)
+    u_ad = m(xr)
+    (g_ad,) = torch.autograd.grad(u_ad.sum(), xr)
+    scale = float(g_ad.abs().max())
+    assert torch.allclose(u, u_ad.detach(), rtol=tol, atol=tol * 100) and (grad - g_ad).abs().max() <= tol * scale
+    lib = fl.energies.GaussianMixture(m.means.detach(), log_weights=-m.z.detach(), var=1.0)
+    u_lib, g_lib = lib.energy_and_grad(x)
+    assert (u - u_lib).abs().max() <= tol * 100 and (grad - g_lib).abs().max() <= tol * scale
+    assert abs(float(lib.log_z().detach()) - float(m.log_z().detach())) < 1e-9
