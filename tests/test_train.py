@@ -215,3 +215,16 @@ def test_code_preset_runs_with_its_corrected_weights(tmp_path):
         assert all(math.isfinite(r["log_z"]) for r in rows)
         counts[p] = rows[-1]["n_resampled"]
     assert counts["code"] > counts["paper"] + 10, counts
+
+
+def test_compare_at_equal_budget(tmp_path, capsys):
+    """--budget runs every method with the same --time-budget and tabulates MMD (and AIS LL on
+    images) next to the iterations each managed in that time."""
+    assert _run(["compare", "--budget", "2", "--data", "8gaussians", "--methods", "pcd", "jarzynski",
+                 "--no-progress", "--out", tmp_path]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["pcd", "jarzynski"]
+    for r in rows:
+        assert 1 <= r["iters"] < 1_000_000 and r["train_seconds"] >= 2.0 and r["mmd"] >= -0.01
+        assert f"| {r['method']} | {r['mmd']:.4f} | {r['iters']} |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "table.md").read_text() in capsys.readouterr().out

@@ -1,15 +1,20 @@
-"""``python -m train compare``: the Jarzynski paper's comparison, end to end, with one table.
+"""``python -m train compare``: comparisons end to end, each with one table.
 
-Runs jarzynski, pcd and cd on the paper's GMM teacher (d = 50, masses 1/4 : 3/4) and then on
-scikit-learn's 8x8 digits, each in its own run folder under --out (config.json, metrics.jsonl,
-metrics.json, checkpoint, pictures), and prints / writes the table (DIR/table.md,
-DIR/results.json).
+Default: the Jarzynski paper's comparison. Runs jarzynski, pcd and cd on the paper's GMM teacher
+(d = 50, masses 1/4 : 3/4) and then on scikit-learn's 8x8 digits, each in its own run folder
+under --out (config.json, metrics.jsonl, metrics.json, checkpoint, pictures), and prints /
+writes the table (DIR/table.md, DIR/results.json).
 
     --scale small   (default) a few minutes on a 2-core CPU: GMM with 2000 data points and
                     walkers, 4x the paper's learning rates and 1000 iterations; digits 1000
                     iterations. The qualitative result is the paper's.
     --scale paper   the paper's GMM settings (10^4 walkers and points, 8000 iterations) and
-                    digits at 3000 iterations: about half an hour on the same CPU.
+                    digits at 3000 iterations.
+
+``--budget SECONDS``: every method (default: pcd, jarzynski, coopvae, dualmcmc) on every --data
+set (default: digits) with the same wall-clock training budget (--time-budget; the iteration
+count is whatever fits), then one table of iterations done, time, MMD^2 to held-out data and,
+on images, the AIS test log-likelihood.
 
 A run folder that already holds a finished run is reused (its metrics.json is read), so an
 interrupted comparison continues where it stopped; --fresh starts over.
@@ -23,9 +28,10 @@ from pathlib import Path
 
 from . import harness
 
-HELP = "the paper's comparison: jarzynski vs pcd vs cd on the GMM teacher and on digits, one table"
+HELP = "comparison tables: jarzynski vs pcd vs cd as in the paper (GMM, digits), or all methods at equal time"
 
-METHODS = ("jarzynski", "pcd", "cd")
+PAPER_METHODS = ("jarzynski", "pcd", "cd")
+BUDGET_METHODS = ("pcd", "jarzynski", "coopvae", "dualmcmc")
 SCALES = {
     "small": {
         "gmm": ["--n-train", "2000", "--n-walkers", "2000", "--lr", "0.01", "--lr-z", "0.05", "--iters", "1000"],
@@ -34,15 +40,24 @@ SCALES = {
     },
     "paper": {"gmm": [], "gmm_cd": [], "digits": ["--iters", "3000"]},
 }
+BUDGET_ITERS = "1000000"  # "until the budget runs out"
 
 
 def add_arguments(parser) -> None:
+    from .__main__ import METHODS
+    from .data import DATASETS
+
+    methods = tuple(m for m in METHODS if m not in ("demo", "compare"))
     parser.add_argument("--out", default="runs/compare", help="folder for the runs and the table")
     parser.add_argument("--scale", default="small", choices=tuple(SCALES))
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="equal wall-clock training budget per run (the all-methods table)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="paper", choices=("paper", "code"))
-    parser.add_argument("--data", nargs="+", default=["gmm", "digits"], choices=("gmm", "digits"))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--data", nargs="+", default=None, choices=DATASETS,
+                        help="default: gmm digits (paper table), digits (--budget)")
+    parser.add_argument("--methods", nargs="+", default=None, choices=methods,
+                        help=f"default: {' '.join(PAPER_METHODS)} (paper table), {' '.join(BUDGET_METHODS)} (--budget)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -52,26 +67,51 @@ def _fmt(v, spec=".3f") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table of the runs' metrics.json (GMM rows and digits rows use their own columns)."""
+    """Markdown tables of the runs' metrics.json: GMM rows and the other data sets' rows have
+    their own columns."""
     lines = []
     gmm = [r for r in rows if r["data"] == "gmm"]
     if gmm:
         lines += ["| GMM (teacher 0.25 : 0.75) | mass on -10 e1 : 6 e1 | KL(teacher \\|\\| student) | "
-                  "exact CE | Jarzynski CE estimate | train s |", "|---|---|---|---|---|---|"]
+                  "exact CE | Jarzynski CE estimate | iterations | train s |", "|---|---|---|---|---|---|---|"]
         for r in gmm:
             w = r["mode_weights"]
             lines.append(f"| {r['method']} | {w[0]:.3f} : {w[1]:.3f} | {_fmt(r['kl'])} | {_fmt(r['ce_exact_train'], '.2f')} | "
-                         f"{_fmt(r.get('ce_estimate'), '.2f')} | {r['train_seconds']:.0f} |")
-    dig = [r for r in rows if r["data"] == "digits"]
-    if dig:
+                         f"{_fmt(r.get('ce_estimate'), '.2f')} | {r['iters']} | {r['train_seconds']:.0f} |")
+    for data in dict.fromkeys(r["data"] for r in rows if r["data"] != "gmm"):
+        sub = [r for r in rows if r["data"] == data]
+        has_ll = any("test_ll" in r for r in sub)
         if lines:
             lines.append("")
-        lines += ["| digits (8x8, 64-d, [-1, 1]) | AIS test log-lik. (nats/image) | diagonal Gaussian | "
-                  "MMD^2 to test | train s |", "|---|---|---|---|---|"]
-        for r in dig:
-            lines.append(f"| {r['method']} | {r['test_ll']:.2f} ± {r['test_ll_se']:.2f} | {r['diag_gaussian_test_ll']:.2f} | "
-                         f"{r['mmd']:.4f} | {r['train_seconds']:.0f} |")
+        head = f"| {data} | MMD^2 to test |"
+        if has_ll:
+            head += " AIS test log-lik. (nats/example) | diagonal Gaussian |"
+        lines += [head + " iterations | train s |", "|---" * (head.count("|") + 1) + "|"]
+        for r in sub:
+            line = f"| {r['method']} | {r['mmd']:.4f} |"
+            if has_ll:
+                ll = f"{r['test_ll']:.2f} ± {r['test_ll_se']:.2f}" if "test_ll" in r else ""
+                line += f" {ll} | {_fmt(r.get('diag_gaussian_test_ll'), '.2f')} |"
+            lines.append(line + f" {r['iters']} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
+
+
+def _run_one(train_main, out: Path, data: str, method: str, extra: list, args) -> dict:
+    run_dir = out / f"{data}-{method}"
+    done = run_dir / "metrics.json"
+    if done.exists() and "diverged" not in (m := json.loads(done.read_text())):
+        print(f"[compare] {run_dir}: finished earlier, reusing its metrics.json", file=sys.stderr)
+        return m
+    argv = [method, "--data", data, "--seed", str(args.seed), "--preset", args.preset, *extra, "--out", str(run_dir)]
+    if (run_dir / harness.CHECKPOINT).exists():
+        argv.append("--resume")
+    if args.no_progress:
+        argv.append("--no-progress")
+    print(f"[compare] python -m train {' '.join(argv)}", file=sys.stderr)
+    status = train_main(argv)
+    if status != 0:
+        raise SystemExit(f"[compare] {method} on {data} exited with status {status}")
+    return json.loads(done.read_text())
 
 
 def main(args) -> int:
@@ -81,29 +121,23 @@ def main(args) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    scale = SCALES[args.scale]
     rows = []
-    for data in args.data:
-        for method in args.methods:
-            run_dir = out / f"{data}-{method}"
-            done = run_dir / "metrics.json"
-            if done.exists() and "diverged" not in (m := json.loads(done.read_text())):
-                rows.append(m)
-                print(f"[compare] {run_dir}: finished earlier, reusing its metrics.json", file=sys.stderr)
-                continue
-            extra = scale["gmm_cd" if (data, method) == ("gmm", "cd") else data]
-            argv = [method, "--data", data, "--seed", str(args.seed), "--preset", args.preset, *extra,
-                    "--out", str(run_dir)]
-            if (run_dir / harness.CHECKPOINT).exists():
-                argv.append("--resume")
-            if args.no_progress:
-                argv.append("--no-progress")
-            print(f"[compare] python -m train {' '.join(argv)}", file=sys.stderr)
-            status = train_main(argv)
-            if status != 0:
-                print(f"[compare] {method} on {data} exited with status {status}", file=sys.stderr)
-                return status
-            rows.append(json.loads(done.read_text()))
+    if args.budget is not None:
+        if args.budget <= 0:
+            raise SystemExit(f"--budget must be > 0 seconds, got {args.budget}")
+        extra = ["--iters", BUDGET_ITERS, "--time-budget", str(args.budget), "--log-every", "10",
+                 "--ckpt-every", "200"]
+        for data in args.data or ["digits"]:
+            for method in args.methods or BUDGET_METHODS:
+                rows.append(_run_one(train_main, out, data, method, extra, args))
+    else:
+        scale = SCALES[args.scale]
+        for data in args.data or ["gmm", "digits"]:
+            if data not in ("gmm", "digits"):
+                raise SystemExit(f"the paper table runs on gmm and digits; use --budget for {data!r}")
+            for method in args.methods or PAPER_METHODS:
+                extra = scale["gmm_cd" if (data, method) == ("gmm", "cd") else data]
+                rows.append(_run_one(train_main, out, data, method, extra, args))
     text = table(rows)
     (out / "table.md").write_text(text + "\n")
     harness.atomic_write_json(out / "results.json", rows)
