@@ -29,9 +29,9 @@ Presets (``--preset``):
          Gaussian log-likelihood), w_gen_teach = w_inf_teach = 1; latent energy
          |x - g(z)|^2 / (2 sigma^2) (z_lik_scale 1/2); x-chain Eq. 3 (step a, noise sqrt(2a),
          no temperature); the EBM learns from the same x~ the generator does (no fine-tune
-         chain). k_z = 10 as the paper (section 6); k_x = 20 (paper: 30; fewer for CPU time);
+         chain). k_z = 10 as the paper (section 6); k_x = 30 on toys as the paper, 20 on digits (CPU time);
          step sizes, sigma and learning rates ours (the appendix with the paper's values is not
-         covered, PAPERS.md 3.3): toys a = 0.005, sigma = 0.1; digits (whitened) a = 0.01,
+         covered, PAPERS.md 3.3): toys a = 0.002, EBM lr 3e-3, sigma = 0.1; digits (whitened) a = 0.01,
          sigma = 0.5. Adam (0.5, 0.999), no weight decay, no lr decay.
   code:  the official code's departures (config.py / train.py, CIFAR-10 values):
          - loss weights Sfactor = 50 (w_gen_teach) and Ifactor = 0.1 (w_inf_teach), with the
@@ -71,7 +71,7 @@ class DualMCMCTrainer(teaching.TeachingTrainer):
     @classmethod
     def preset(cls, kind: str, preset_name: str) -> Settings:
         if kind == "toy2d":
-            s = Settings(iters=1000, latent=2, batch=256, k_x=20, step_x=0.005, ref_var=16.0, lr_ebm=1e-3,
+            s = Settings(iters=1000, latent=2, batch=256, k_x=30, step_x=0.002, ref_var=16.0, lr_ebm=3e-3,
                          lr_gen=1e-3, lr_inf=1e-3, sigma=0.1, eval_n=2000)
         else:  # image (digits; whitened coordinates)
             s = Settings(iters=800, latent=16, hidden=128, gen_hidden=256, batch=250, k_x=20, step_x=0.01, ref_var=1.0,
