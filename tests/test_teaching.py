@@ -43,7 +43,7 @@ DIGITS_SMALL = ["--iters", "200", "--ais-steps", "500", "--ais-walkers", "512"]
 # unbiased MMD^2 against held-out data; training seconds):
 #   coopvae  rings       0.00150 -> 0.00052   (500 its, 35 s)
 #   coopvae  8gaussians  0.0421  -> 0.00024   (500 its, 30 s)
-#   coopvae  digits      1.970   -> 0.220     (200 its, 16 s; AIS test LL -17.4 +- 1.2, diag. Gaussian -14.5)
+#   coopvae  digits      0.393   -> 0.0938    (200 its, 16 s; AIS test LL -15.0 +- 1.1, diag. Gaussian -14.5)
 #   dualmcmc rings       0.0186  -> 0.0122    (500 its, 39 s)
 #   dualmcmc 8gaussians  0.00167 -> 0.00142   (800 its, 130 s under contention; at 500 its the generator
 #                                              alone was better: 0.00043 vs 0.00164, so 800 here)

@@ -24,7 +24,7 @@ code implements it plus the paper's noisy Langevin step.
   paper: Langevin WITH noise delta = sqrt(2a) (the paper's Langevin equation); a, k_x, the KL
          weight w and the learning rates are ours, chosen for these small models and data
          (toys: a = 0.002, k_x = 30, EBM lr 3e-3, w = 0.05; digits in whitened coordinates: a = 0.01,
-         k_x = 20, w = 1) since the paper's values are tied to its pixel scale and networks;
+         k_x = 20, w = 0.1: at w = 1 the decoder collapsed to one mean image) since the paper's values are tied to its pixel scale and networks;
          Adam beta1 = 0.5 for both models as the code; no learning-rate decay.
   code:  the official code's departures (jianwen-xie/CoopVAEBM, b0a48c0):
          - Langevin noise switched OFF in training (the noise line is commented out there);
@@ -67,7 +67,7 @@ class CoopVAETrainer(teaching.TeachingTrainer):
                          kl_weight=0.05, eval_n=2000)
         else:  # image (digits; whitened coordinates)
             s = Settings(iters=1000, latent=16, hidden=128, gen_hidden=256, batch=250, k_x=20, step_x=0.01, ref_var=1.0,
-                         lr_ebm=1e-4, lr_gen=1e-3, kl_weight=1.0, eval_n=1000)
+                         lr_ebm=1e-4, lr_gen=1e-3, kl_weight=0.1, eval_n=1000)
         s.betas_ebm = s.betas_gen = (0.5, 0.999)
         if preset_name == "code":
             s.noise_x = 0.0
