@@ -6,8 +6,13 @@
 
     from models import build_energy     # trainable EBMs (models/ebm.py)
     U = build_energy("mlp", dataset)    # x [N, *shape] -> U [N]
+
+    from models import build_teaching_nets   # generators / encoders (models/teaching.py)
+    g, q = build_teaching_nets("mlp", dataset, latent=16)
 """
 from .ebm import ENERGIES, ConvEBM, GMMStudent, MLPEnergy, NijkampEBM, build_energy
+from .teaching import (TEACHING_ARCHS, VAE, DCGANEncoder, DCGANGenerator, MLPEncoder, MLPGenerator,
+                       build_teaching_nets, gaussian_kl, gaussian_nll)
 from .toy import GaussianMixture2D, eight_gaussians, log_density_grid
 
 __all__ = [
@@ -20,4 +25,13 @@ __all__ = [
     "NijkampEBM",
     "build_energy",
     "ENERGIES",
+    "MLPGenerator",
+    "MLPEncoder",
+    "DCGANGenerator",
+    "DCGANEncoder",
+    "VAE",
+    "gaussian_kl",
+    "gaussian_nll",
+    "build_teaching_nets",
+    "TEACHING_ARCHS",
 ]

@@ -22,6 +22,8 @@ METHODS: dict[str, str] = {
     "pcd": "pcd",
     "cd": "cd",
     "jarzynski": "jarzynski",
+    "coopvae": "coopvae",
+    "dualmcmc": "dualmcmc",
     "compare": "compare",
 }
 

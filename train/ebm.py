@@ -160,6 +160,22 @@ def resolve(args, method: str, kind: str) -> Settings:
     return s
 
 
+def whitening(train: torch.Tensor) -> tuple:
+    """(shift, scale) [*shape]: the per-pixel mean and std (floored at 1e-3) of the training set,
+    for the whitened model coordinates y = (x - shift) / scale of image data (see EBMTrainer;
+    the teaching trainers use the same map)."""
+    return train.mean(0), train.std(0).clamp_min(1e-3)
+
+
+def whitened_box(box, shift: torch.Tensor, scale: torch.Tensor):
+    """One scalar box (lo, hi) in whitened coordinates containing every pixel's image of the data
+    box (None stays None)."""
+    if box is None:
+        return None
+    lo, hi = box
+    return (float(((lo - shift) / scale).min()), float(((hi - shift) / scale).max()))
+
+
 # --------------------------------------------------------------------------------------------
 # the shared trainer
 # --------------------------------------------------------------------------------------------
@@ -188,8 +204,7 @@ class EBMTrainer:
         # log p_x(x) = log p_y(y) - sum_j log std_j. Samples are mapped back for pictures and MMD.
         self.whiten = data.kind == "image"
         if self.whiten:
-            self.shift = self.train.mean(0)
-            self.scale = self.train.std(0).clamp_min(1e-3)
+            self.shift, self.scale = whitening(self.train)
             self.train = (self.train - self.shift) / self.scale
         self.gen = torch.Generator().manual_seed(args.seed)  # data batches, noise inits (CPU: portable)
         kw = {"ref_var": self.s.ref_var} if self.s.ref_var is not None and self.s.model in ("mlp", "conv") else {}
@@ -203,10 +218,7 @@ class EBMTrainer:
                 last.bias.zero_()
         self.opt = self._optimizer()
         self.log_z0 = self._initial_log_z()
-        self.box = data.box
-        if self.whiten and data.box is not None:  # one scalar box in y containing every pixel's
-            lo, hi = data.box
-            self.box = (float(((lo - self.shift) / self.scale).min()), float(((hi - self.shift) / self.scale).max()))
+        self.box = whitened_box(data.box, self.shift, self.scale) if self.whiten else data.box
         n = self.s.n_walkers
         if method == "jarzynski":
             x0 = self._initial_walkers(n)
