@@ -178,6 +178,7 @@ def test_compare_reuses_finished_runs_and_prints_the_table(gmm_runs, tmp_path, c
     w = jar["mode_weights"]
     assert f"| jarzynski | {w[0]:.3f} : {w[1]:.3f} | {jar['kl']:.3f} |" in text
     assert len(json.loads((tmp_path / "results.json").read_text())) == 2
+    assert (tmp_path / "gmm_mode_weights.png").stat().st_size > 5000
 
 
 def test_time_budget_stops_training_and_still_evaluates(tmp_path):

@@ -96,6 +96,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mode_weight_picture(out: Path, methods) -> Path:
+    """gmm_mode_weights.png: each method's student mass on the mode at -10 e1 (the teacher's
+    0.25) against the iteration, from the runs' metrics.jsonl, in one panel."""
+    from . import plots
+
+    hist = {m: harness.read_history(out / f"gmm-{m}" / "metrics.jsonl") for m in methods}
+    series = {m: h["mode_weight_0"] for m, h in hist.items() if "mode_weight_0" in h}
+    x = next(iter(hist.values())).get("iter")
+    series["teacher (0.25)"] = [0.25] * len(x or [])
+    return plots.save_traces(out / "gmm_mode_weights.png", series, x=x,
+                             overlay={"student mass on the -10 e1 mode": tuple(series)},
+                             title="GMM teacher 0.25 : 0.75, d = 50")
+
+
 def _run_one(train_main, out: Path, data: str, method: str, extra: list, args) -> dict:
     run_dir = out / f"{data}-{method}"
     done = run_dir / "metrics.json"
@@ -140,6 +154,8 @@ def main(args) -> int:
                 rows.append(_run_one(train_main, out, data, method, extra, args))
     text = table(rows)
     (out / "table.md").write_text(text + "\n")
+    if any(r["data"] == "gmm" for r in rows):
+        mode_weight_picture(out, [r["method"] for r in rows if r["data"] == "gmm"])
     harness.atomic_write_json(out / "results.json", rows)
     print()
     print(text)
