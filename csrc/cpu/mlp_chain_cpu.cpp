@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../log_ratio.h"
@@ -36,24 +37,27 @@ enum Mode : int64_t { kUla = 0, kWeights = 1, kMala = 2 };
 enum Act : int64_t { kSilu = 0, kSoftplus = 1, kTanh = 2 };
 constexpr int64_t kMaxDepth = 4, kMaxHidden = 128;  // fastlangevin.chain.MLP_MAX_DEPTH / _HIDDEN
 
-// Micro-kernel: kRB rows x kLanes<T> columns of accumulators (4 x 2 AVX2 registers = 8 of the
+// Micro-kernel: kRB rows x kLanes<T> columns of accumulators (6 x 2 AVX2 registers = 12 of the
 // 16 ymm registers, plus 2 for the weight row and 1 broadcast).
-constexpr int kRB = 4;
+constexpr int kRB = 6;
 template <typename T>
 constexpr int kLanes = 64 / static_cast<int>(sizeof(T));  // float 16, double 8
 
 // Walkers per tile. Measured on the digits bench (1024 x 64, MLP 64-128-128-128-1 SiLU, float32,
 // one thread, AMD EPYC, AVX2): see kTileRows note in bench/bench_chain.py's results.
-constexpr int64_t kTileRows = 32;
+constexpr int64_t kTileRows = 36;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // e^x for float32, vectorisable (Cephes expf: n = round(x log2 e), r = x - n ln 2 in two parts,
-// degree-5 polynomial, 2^n through the exponent bits). x is clamped to [-87, 88] so 2^n stays
-// a normal float; max relative error ~2 ulp on that range.
+// degree-5 polynomial, 2^n through the exponent bits, n clamped to [-126, 127] so 2^n stays a
+// normal float: e^x saturates near 1e-38 and 1.7e38 instead of reaching 0 and inf, which is
+// what the activations below need). ~2 ulp for |x| < 87. Written without a float clamp or
+// floor: those are "control flow" to GCC's vectoriser without -ffinite-math-only (measured:
+// the activation loop stayed scalar, 37% of the chain). The magic-number rounding is exact for
+// |x| < 2.9e6, far beyond any pre-activation that matters.
 FL_HD float exp_f32(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -62,27 +66,32 @@ FL_HD float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * r * r + r + 1.0f;
-  return y * f32_from_bits(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  int32_t ni = static_cast<int32_t>(n);
+  ni = ni < -126 ? -126 : ni;
+  ni = ni > 127 ? 127 : ni;
+  return y * f32_from_bits(static_cast<uint32_t>(ni + 127) << 23);
 }
 
-// (act(z), act'(z)); float32 through exp_f32 / log_unit_f32 so the epilogue loop vectorises.
+// (act(z), act'(z)); float32 through exp_f32 / log_unit_f32 and select-free arithmetic
+// (fabs, copysign) so the activation loop vectorises.
 FL_HD void act_f32(int64_t act, float z, float& a, float& da) {
   if (act == kSilu) {
     const float s = 1.0f / (1.0f + exp_f32(-z));
     a = z * s;
     da = s * (1.0f + z * (1.0f - s));
   } else if (act == kSoftplus) {
-    // log(1 + e^z) = max(z, 0) + log1p(e^-|z|), and log1p(e) = -log(1 / (1 + e)), 1 / (1 + e) in [1/2, 1]
-    // (absolute error ~6e-8 where e^-|z| is below float32's epsilon).
+    // log(1 + e^z) = max(z, 0) + log1p(e^-|z|), log1p(e) = -log(1 / (1 + e)) with 1 / (1 + e)
+    // in [1/2, 1]; sigmoid(z) = 1/2 + sign(z) (1 - e) / (2 (1 + e)). Absolute errors ~6e-8
+    // where e^-|z| is below float32's epsilon.
     const float e = exp_f32(-std::fabs(z));
     const float inv = 1.0f / (1.0f + e);
-    a = (z > 0.0f ? z : 0.0f) - log_unit_f32(inv);
-    da = z >= 0.0f ? inv : e * inv;
+    a = 0.5f * (z + std::fabs(z)) - log_unit_f32(inv);
+    da = 0.5f + std::copysign(0.5f * (1.0f - e) * inv, z);
   } else {
-    // tanh |z| = (1 - e) / (1 + e), e = e^{-2|z|} (absolute error ~1e-7 near 0)
+    // tanh z = sign(z) (1 - e) / (1 + e), e = e^{-2|z|} (absolute error ~1e-7 near 0)
     const float e = exp_f32(-2.0f * std::fabs(z));
-    const float t = (1.0f - e) / (1.0f + e);
-    a = z < 0.0f ? -t : t;
+    const float t = std::copysign((1.0f - e) / (1.0f + e), z);
+    a = t;
     da = 1.0f - t * t;
   }
 }
@@ -114,26 +123,81 @@ FL_HD void act_eval(T z, T& a, T& da) {
   }
 }
 
-// C[rows, M] <- epi(A[rows, K] B[K, M]): A row-major (stride K), B row-major (stride M); rows a
-// multiple of kRB, M a multiple of kLanes<T>. epi(r0, o0, acc) consumes a kRB x kLanes block.
-template <typename T, typename Epi>
+// 32-byte vectors of GCC's vector extension: plain loops over the kRB x kLanes accumulators
+// were vectorised along K instead (permutes, accumulators on the stack: 0.9 GFLOP/s in a
+// 32x128x128 float32 micro-benchmark, AVX2, AMD EPYC); with explicit vectors it is 39 GFLOP/s
+// at kRB = 4 and 66 GFLOP/s at kRB = 6. utype: the unaligned, aliasing view for loads.
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  typedef T utype __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
+};
+
+// What gemm_tile does with a finished block of A B (written with the vector type: the first
+// version passed the block to a lambda with scalar loops, and GCC left that epilogue and the
+// activations scalar, 45% of the chain's time).
+enum Epi : int { kBias = 0, kMul = 1, kAxpy = 2 };
+
+// The activation over a whole layer, in place: z in A -> act(z) in A, act'(z) in D (a
+// runtime-length loop with restrict pointers, which GCC vectorises).
+template <typename T, int64_t ACT>
+FL_HD void act_layer(T* __restrict__ A, T* __restrict__ D, int64_t n) {
+  for (int64_t e = 0; e < n; ++e) {
+    const T z = A[e];
+    act_eval<T, ACT>(z, A[e], D[e]);
+  }
+}
+
+// C[rows, M] = A[rows, K] B[K, M] followed by the epilogue
+//   kBias: C = AB + e[col]           (e: [M], the bias)
+//   kMul:  C = AB * E                (E: [rows, M], act'(z) of the layer below)
+//   kAxpy: C = AB + scale * E        (E: [rows, M], the walkers: + inv_ref_var x)
+// A, B, C, E row-major with strides K, M, M, M; rows a multiple of kRB, M a multiple of kLanes<T>.
+template <typename T, int EPI>
 FL_HD void gemm_tile(const T* __restrict__ A, int64_t rows, int64_t K, const T* __restrict__ B, int64_t M,
-                     Epi&& epi) {
+                     T* __restrict__ C, const T* __restrict__ E, T scale) {
   constexpr int L = kLanes<T>;
+  constexpr int VL = 32 / static_cast<int>(sizeof(T));
+  constexpr int NV = L / VL;
+  using V = typename Vec<T>::type;
+  using VU = typename Vec<T>::utype;
   for (int64_t r0 = 0; r0 < rows; r0 += kRB) {
     const T* __restrict__ a = A + r0 * K;
     for (int64_t o0 = 0; o0 < M; o0 += L) {
-      T acc[kRB][L] = {};
+      V acc[kRB][NV];
+      FL_UNROLL
+      for (int r = 0; r < kRB; ++r) {
+        FL_UNROLL
+        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+      }
       const T* __restrict__ b = B + o0;
       for (int64_t i = 0; i < K; ++i) {
+        V bv[NV];
+        FL_UNROLL
+        for (int v = 0; v < NV; ++v) bv[v] = *reinterpret_cast<const VU*>(b + i * M + v * VL);
         FL_UNROLL
         for (int r = 0; r < kRB; ++r) {
           const T av = a[r * K + i];
           FL_UNROLL
-          for (int l = 0; l < L; ++l) acc[r][l] += av * b[i * M + l];
+          for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
         }
       }
-      epi(r0, o0, acc);
+      FL_UNROLL
+      for (int r = 0; r < kRB; ++r) {
+        FL_UNROLL
+        for (int v = 0; v < NV; ++v) {
+          const int64_t e = (r0 + r) * M + o0 + v * VL;
+          V out;
+          if constexpr (EPI == kBias) {
+            out = acc[r][v] + *reinterpret_cast<const VU*>(E + o0 + v * VL);
+          } else if constexpr (EPI == kMul) {
+            out = acc[r][v] * *reinterpret_cast<const VU*>(E + e);
+          } else {
+            out = acc[r][v] + scale * *reinterpret_cast<const VU*>(E + e);
+          }
+          *reinterpret_cast<VU*>(C + e) = out;
+        }
+      }
     }
   }
 }
@@ -197,16 +261,9 @@ FL_HD void mlp_eval(const MlpArgs<T>& c, int64_t R, const T* __restrict__ v, T* 
   for (int64_t l = 0; l < c.depth; ++l) {
     T* __restrict__ A = b.acts.data() + l * R * HP;
     T* __restrict__ D = b.ders.data() + l * R * HP;
-    const T* __restrict__ bias = c.bias[l];
-    gemm_tile(in, R, K, c.fwd[l], HP, [&](int64_t r0, int64_t o0, T (&acc)[kRB][L]) {
-      FL_UNROLL
-      for (int r = 0; r < kRB; ++r) {
-        T* __restrict__ ar = A + (r0 + r) * HP + o0;
-        T* __restrict__ dr = D + (r0 + r) * HP + o0;
-        FL_UNROLL
-        for (int j = 0; j < L; ++j) act_eval<T, ACT>(acc[r][j] + bias[o0 + j], ar[j], dr[j]);
-      }
-    });
+    gemm_tile<T, kBias>(in, R, K, c.fwd[l], HP, A, c.bias[l], T(0));
+    // act in place over the whole layer (a runtime-length loop GCC vectorises; z -> A, act'(z) -> D)
+    act_layer<T, ACT>(A, D, R * HP);
     in = A;
     K = HP;
   }
@@ -241,28 +298,11 @@ FL_HD void mlp_eval(const MlpArgs<T>& c, int64_t R, const T* __restrict__ v, T* 
   T* nxt = b.delta2.data();
   for (int64_t l = c.depth - 1; l >= 1; --l) {
     const T* __restrict__ D = b.ders.data() + (l - 1) * R * HP;
-    T* __restrict__ out = nxt;
-    gemm_tile(cur, R, HP, c.bwd[l], HP, [&](int64_t r0, int64_t o0, T (&acc)[kRB][L]) {
-      FL_UNROLL
-      for (int r = 0; r < kRB; ++r) {
-        FL_UNROLL
-        for (int j = 0; j < L; ++j) out[(r0 + r) * HP + o0 + j] = acc[r][j] * D[(r0 + r) * HP + o0 + j];
-      }
-    });
+    gemm_tile<T, kMul>(cur, R, HP, c.bwd[l], HP, nxt, D, T(0));
     std::swap(cur, nxt);
   }
   // grad U = delta_1 W_1 + inv_ref v
-  const T inv_ref = c.inv_ref;
-  gemm_tile(cur, R, HP, c.bwd[0], dP, [&](int64_t r0, int64_t o0, T (&acc)[kRB][L]) {
-    FL_UNROLL
-    for (int r = 0; r < kRB; ++r) {
-      FL_UNROLL
-      for (int j = 0; j < L; ++j) {
-        const int64_t e = (r0 + r) * dP + o0 + j;
-        g[e] = acc[r][j] + inv_ref * v[e];
-      }
-    }
-  });
+  gemm_tile<T, kAxpy>(cur, R, HP, c.bwd[0], dP, g, v, c.inv_ref);
 }
 
 // All n_steps for walkers [r0, r1) whose state is in b.x, b.g, b.u; R = the padded row count.
