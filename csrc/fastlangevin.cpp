@@ -69,9 +69,10 @@ TORCH_LIBRARY(fastlangevin, m) {
   //   delta_l = (delta_{l+1} W_{l+1}) * act'(z_l).
   // weights: [H, d], [H, H] x (L - 1), [1, H] (nn.Linear's [out, in], 1 <= H <= 128); biases:
   // [H] x L, [1]; all x's dtype. act: 0 silu, 1 softplus, 2 tanh. The other arguments as in
-  // mixture_chain (grad already holds the reference term: the ratio uses it as is).
+  // mixture_chain, chain_mode being its mode (grad already holds the reference term: the ratio
+  // uses it as is). Not named `mode`: opcheck's dispatch-mode wrappers take a `mode` argument.
   m.def(
       "mlp_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor[] weights, Tensor[] biases, int act, "
-      "float inv_ref_var, int n_steps, float step, float noise_std, int seed, int offset, int mode, "
+      "float inv_ref_var, int n_steps, float step, float noise_std, int seed, int offset, int chain_mode, "
       "Tensor(d!)? log_w, Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
 }

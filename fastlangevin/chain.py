@@ -60,7 +60,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("fastlangevin::mlp_chain")
     def _mlp_chain_fake(x, energy, grad, weights, biases, act, inv_ref_var, n_steps, step, noise_std, seed, offset,
-                        mode, log_w, log_w_steps, accepted):
+                        chain_mode, log_w, log_w_steps, accepted):
         return None
 
 
