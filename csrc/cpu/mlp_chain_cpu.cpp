@@ -21,7 +21,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../log_ratio.h"
@@ -240,11 +242,31 @@ FL_HD double increment_sum(const T* __restrict__ x, const T* __restrict__ y, con
   return acc;
 }
 
+// A zero-filled buffer aligned to 64 bytes: every kLanes-wide weight row and tile row then sits
+// in one cache line (std::vector's 16-byte alignment splits them in two).
+template <typename T>
+struct Buf {
+  std::unique_ptr<T[], void (*)(void*)> p{nullptr, &std::free};
+  int64_t n = 0;
+  Buf() = default;
+  explicit Buf(int64_t count) : n(count) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 63) / 64 * 64;
+    p.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    TORCH_CHECK(p, "mlp_chain: out of memory");
+    std::fill(p.get(), p.get() + count, T(0));
+  }
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
+  T& operator[](int64_t i) { return p.get()[i]; }
+  T* begin() { return p.get(); }
+  T* end() { return p.get() + n; }
+};
+
 template <typename T>
 struct TileBuffers {
   // x, g, y, gy: [R, dP] (padded columns stay 0); acts, ders: depth x [R, HP]; delta, delta2:
   // [R, HP]; noise: the tile's normals; u, uy: [R].
-  std::vector<T> x, g, y, gy, acts, ders, delta, delta2, noise, u, uy;
+  Buf<T> x, g, y, gy, acts, ders, delta, delta2, noise, u, uy;
   TileBuffers(const MlpArgs<T>& c, int64_t R)
       : x(R * c.dP), g(R * c.dP), y(R * c.dP), gy(R * c.dP), acts(c.depth * R * c.HP), ders(c.depth * R * c.HP),
         delta(R * c.HP), delta2(R * c.HP), noise(R * c.d + 8), u(R), uy(R) {}
@@ -479,13 +501,13 @@ void mlp_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, at::Tens
     constexpr int L = kLanes<T>;
     const int64_t dP = round_up(d, L), HP = round_up(H, L);
     // Packed, zero-padded weights (once per call): forward W^T [IP, HP], backward W [HP, IP].
-    std::vector<std::vector<T>> fwd(depth), bwd(depth), bias(depth);
+    std::vector<Buf<T>> fwd, bwd, bias;
     for (int64_t l = 0; l < depth; ++l) {
       const int64_t in = l == 0 ? d : H, IP = l == 0 ? dP : HP;
       const T* w = weights[l].data_ptr<T>();
-      fwd[l].assign(IP * HP, T(0));
-      bwd[l].assign(HP * IP, T(0));
-      bias[l].assign(HP, T(0));
+      fwd.emplace_back(IP * HP);
+      bwd.emplace_back(HP * IP);
+      bias.emplace_back(HP);
       for (int64_t o = 0; o < H; ++o) {
         for (int64_t i = 0; i < in; ++i) {
           fwd[l][i * HP + o] = w[o * in + i];
@@ -494,8 +516,8 @@ void mlp_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, at::Tens
         bias[l][o] = biases[l].data_ptr<T>()[o];
       }
     }
-    std::vector<T> head(HP, T(0));
-    std::copy(weights[depth].data_ptr<T>(), weights[depth].data_ptr<T>() + H, head.begin());
+    Buf<T> head(HP);
+    std::copy(weights[depth].data_ptr<T>(), weights[depth].data_ptr<T>() + H, head.data());
 
     MlpArgs<T> c;
     c.depth = depth;
