@@ -24,7 +24,8 @@ step alone took 2.8-3.9 ms (43-61 GFLOP/s); the eager step 6.1 ms; the fused cha
 step (matmuls, activations, noise, update) 3.7-3.8 ms, ~44 GFLOP/s from a register-blocked
 6x16 micro-kernel that peaks at ~63 GFLOP/s alone. So the fused chain removes the eager
 loop's non-matmul half (elementwise passes, autograd, allocation) but cannot go below the
-matmul time: 1.6x at 1024 x 64, 2.3x at 256 x 64, not the 3x the issue asked for.
+matmul time: 1.6x and 2.0x at 1024 x 64 in two runs (load 3.2 and 3.0), 2.4x at 256 x 64,
+2.1x at 1024 x 2 (bench/results/mlp_chain-cpu-*.json), not the 3x the issue asked for.
 
     python -m bench.bench_mlp_chain [--quick] [--device cpu] [--sizes 1024x64x100,...] [--out-json PATH]
 """
