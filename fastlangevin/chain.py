@@ -288,6 +288,10 @@ def mlp_chain(
     x's). act: "silu", "softplus" or "tanh". inv_ref_var: 1 / ref_var >= 0 (0: no reference
     term). The other arguments are mixture_chain's. ``MLPEnergy.mlp_chain_params()`` gives
     (weights, biases, act, inv_ref_var). Inputs are not modified.
+
+    Backends: "cpu" (csrc/cpu/mlp_chain_cpu.cpp), "reference" (reference.mlp_chain_ref) and
+    "triton" (fastlangevin/kernels/mlp_chain.py: mode "ula", float32 only; sample() and
+    Walkers do not route to it yet).
     """
     op = "mlp_chain"
     check_float_tensor(op, "x", x)
@@ -333,7 +337,11 @@ def mlp_chain(
     seed = check_u64(op, "seed", seed)
     offset = check_u64(op, "offset", offset)
     be = _backend.resolve(op, backend, x.device)
-    if be not in CHAIN_BACKENDS:
+    if be == "triton":
+        if mode != "ula" or x.dtype != torch.float32:
+            raise ValueError(f"{op}: backend 'triton' runs mode 'ula' on float32 walkers only "
+                             f"(got mode {mode!r}, {x.dtype}); use backend 'cpu' or 'reference'")
+    elif be not in CHAIN_BACKENDS:
         raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {CHAIN_BACKENDS}); "
                          "sample() and Walkers fall back to the step-by-step loop there")
     weights = [w.detach().to(x.dtype).contiguous() for w in weights]
@@ -370,6 +378,11 @@ def mlp_chain(
     xo = x.detach().to(memory_format=torch.contiguous_format, copy=True)
     uo = energy.detach().to(x.dtype, copy=True).contiguous()
     go = grad.detach().to(x.dtype, copy=True).contiguous()
+    if be == "triton":
+        from .kernels.mlp_chain import mlp_chain_triton
+
+        mlp_chain_triton(xo, uo, go, weights, biases, act, inv_ref_var, n_steps, a, s, seed, offset)
+        return ChainResult(xo, uo, go, None, torch.full((n,), n_steps, dtype=torch.int64, device=x.device), None)
     lw = None if log_w is None else log_w.detach().to(torch.float64, copy=True).contiguous()
     steps = torch.empty(n_steps, n, dtype=torch.float64, device=x.device) if return_log_w_steps else None
     acc = torch.zeros(n, dtype=torch.int64, device=x.device)

@@ -195,8 +195,8 @@ def test_mlp_chain_errors():
     with pytest.raises(ValueError, match="mlp_chain: log_w and return_log_w_steps belong to mode 'weights'"):
         mlp_chain(x, ws, bs, act, 3, 0.1, return_log_w_steps=True)
     if fl.backends()["triton"] is True:
-        with pytest.raises(ValueError, match="mlp_chain: backend 'triton' has no fused chain kernel"):
-            mlp_chain(x, ws, bs, act, 3, 0.1, backend="triton")
+        with pytest.raises(ValueError, match="mlp_chain: backend 'triton' runs mode 'ula' on float32 walkers only"):
+            mlp_chain(x, ws, bs, act, 3, 0.1, backend="triton", mode="mh")
     # the C++ op's own guards, for direct callers
     require("cpu", "cpu")
     acc = torch.zeros(8, dtype=torch.int64)
@@ -217,3 +217,22 @@ def test_log_w_steps_are_the_per_step_weights():
             part = mlp_chain(x0, ws, bs, act, t, 0.05, seed=1, mode="weights", backend=be)
             torch.testing.assert_close(full.log_w_steps[t - 1], part.log_w, rtol=0, atol=1e-12)
         torch.testing.assert_close(full.log_w_steps[-1], full.log_w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_ula_equals_reference(device):
+    """The Triton kernel (the CPU interpreter here; compiled where a GPU is visible) at tiny
+    sizes: 37 walkers = 3 programs of 16, widths padded to 16, depth 1 / 3 / 4, offsets wrapping
+    past 2^64."""
+    require(device, "triton")
+    for act, depth, hidden, d, ref_var in (("silu", 3, 24, 5, None), ("tanh", 4, 7, 2, 1.0),
+                                           ("softplus", 1, 20, 17, 2.0)):
+        e = _mlp(d, hidden, depth, act, ref_var, torch.float32).to(device)
+        x0 = _x0(37, d, torch.float32).to(device)
+        ws, bs, a, inv_ref = e.mlp_chain_params()
+        kw = dict(inv_ref_var=inv_ref, seed=3, offset=(1 << 64) - 2)
+        got = mlp_chain(x0, ws, bs, a, 4, 0.05, backend="triton", **kw)
+        want = mlp_chain(x0, ws, bs, a, 4, 0.05, backend="reference", **kw)
+        for k in ("x", "energy", "grad"):
+            torch.testing.assert_close(getattr(got, k), getattr(want, k), rtol=1e-4, atol=1e-4)
+        assert torch.equal(got.accepted.cpu(), torch.full((37,), 4))
