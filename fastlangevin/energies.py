@@ -282,9 +282,6 @@ class DoubleWell(nn.Module):
 
 
 _MLP_ACTS = {"silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh}
-# The fused chain's limits (fastlangevin.chain.MLP_MAX_DEPTH / MLP_MAX_HIDDEN): larger MLPs
-# still have the closed-form energy_and_grad, and sample() / Walkers run them step by step.
-MLP_MAX_DEPTH, MLP_MAX_HIDDEN = 4, 128
 
 
 class MLPEnergy(nn.Module):

@@ -183,9 +183,11 @@ def sample(
     Fused chains: when the energy has ``chain_params()`` (fastlangevin.energies.GaussianMixture
     and Gaussian: fastlangevin.chain.mixture_chain) or ``mlp_chain_params()``
     (fastlangevin.energies.MLPEnergy with depth <= 4, hidden <= 128: mlp_chain; its own ref_var
-    is part of the energy, not sample()'s), x0 is float32/float64 [N, d], step_size and noise_std are floats, there is no
-    ref_var, grad_clip, clamp, trajectory, progress bar or step-size adaptation, and the backend
-    is cpu or reference, all n_steps run in one fused chain call (ULA or MALA), with the same noise and uniforms as the loop. A non-finite energy is then reported
+    is part of the energy, not sample()'s), x0 is float32/float64 [N, d], step_size and
+    noise_std are floats, there is no ref_var, grad_clip, clamp, trajectory, progress bar or
+    step-size adaptation, and the backend is cpu or reference, all n_steps run in one fused
+    chain call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and
+    uniforms as the loop. A non-finite energy is then reported
     at the end of the chain, without the step number.
     """
     op = "sample"

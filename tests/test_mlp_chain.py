@@ -175,7 +175,8 @@ def test_mlp_chain_errors():
         mlp_chain(x, ws, [bs[0], bs[1][:3], bs[2]], act, 3, 0.1)
     with pytest.raises(ValueError, match="mlp_chain: weights must hold 2 to 5 matrices"):
         mlp_chain(x, ws[:1], bs[:1], act, 3, 0.1)
-    with pytest.raises(ValueError, match=r"mlp_chain: weights\[0\] has shape \[130, 4\], expected \[H, 4\] with 1 <= H <= 128"):
+    with pytest.raises(ValueError,
+                       match=r"mlp_chain: weights\[0\] has shape \[130, 4\], expected \[H, 4\] with 1 <= H <= 128"):
         big = _mlp(4, 130, 1, dtype=torch.float32).mlp_chain_params()
         mlp_chain(x, big[0], big[1], act, 3, 0.1)
     with pytest.raises(ValueError, match="mlp_chain: act must be one of"):
