@@ -28,6 +28,7 @@ BENCHES: list[str] = [
     "bench_resample",
     "bench_jarzynski",
     "bench_chain",
+    "bench_mlp_chain",
 ]
 
 

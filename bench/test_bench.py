@@ -8,6 +8,7 @@
   timed for eager and the cpu backend, and the weighted/step ratio reported.
 * test_chain_quick_run: bench_chain at its quick size: eager, sample, chain and chain-mala
   rows with positive times and ratios.
+* test_mlp_chain_quick_run: bench_mlp_chain at its quick size: the same four rows.
 * test_benchmark_*: the same step under pytest-benchmark (``pytest bench/ --benchmark-only``),
   eager vs fastlangevin in one group so its table compares them; skipped without the plugin.
 """
@@ -21,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 fastlangevin = pytest.importorskip("fastlangevin")
 
-from bench import bench_chain, bench_jarzynski, bench_langevin  # noqa: E402
+from bench import bench_chain, bench_jarzynski, bench_langevin, bench_mlp_chain  # noqa: E402
 
 HAVE_PYTEST_BENCHMARK = importlib.util.find_spec("pytest_benchmark") is not None
 
@@ -82,6 +83,17 @@ def test_jarzynski_quick_run():
 def test_chain_quick_run():
     _require_cpu_backend()
     payload = bench_chain.run("cpu", quick=True)
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert set(rows) == {"eager", "sample", "chain", "chain-mala"}, list(rows)
+    for r in rows.values():
+        for key in ("time_s", "ms_per_step", "mwalker_steps_per_s", "vs_eager"):
+            assert r[key] is not None and math.isfinite(r[key]) and r[key] > 0, (key, r)
+    assert rows["eager"]["vs_eager"] == pytest.approx(1.0)
+
+
+def test_mlp_chain_quick_run():
+    _require_cpu_backend()
+    payload = bench_mlp_chain.run("cpu", quick=True)
     rows = {r["method"]: r for r in payload["rows"]}
     assert set(rows) == {"eager", "sample", "chain", "chain-mala"}, list(rows)
     for r in rows.values():

@@ -61,4 +61,18 @@ TORCH_LIBRARY(fastlangevin, m) {
       "mixture_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor means, Tensor inv_var, "
       "Tensor log_coef, int n_steps, float step, float noise_std, int seed, int offset, int mode, "
       "Tensor(d!)? log_w, Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
+  // n_steps Langevin steps of the MLP energy for every walker n, in one call (ULA, weights or
+  // MALA exactly as mixture_chain, same noise and uniforms):
+  //   h_0 = v, h_l = act(h_{l-1} W_l^T + b_l) (l = 1 .. L = len(weights) - 1, 1 <= L <= 4),
+  //   U(v) = h_L W_{L+1}^T + b_{L+1} + inv_ref_var |v|^2 / 2,
+  //   grad U(v) = delta_1 W_1 + inv_ref_var v, delta_L = W_{L+1} * act'(z_L),
+  //   delta_l = (delta_{l+1} W_{l+1}) * act'(z_l).
+  // weights: [H, d], [H, H] x (L - 1), [1, H] (nn.Linear's [out, in], 1 <= H <= 128); biases:
+  // [H] x L, [1]; all x's dtype. act: 0 silu, 1 softplus, 2 tanh. The other arguments as in
+  // mixture_chain, chain_mode being its mode (grad already holds the reference term: the ratio
+  // uses it as is). Not named `mode`: opcheck's dispatch-mode wrappers take a `mode` argument.
+  m.def(
+      "mlp_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor[] weights, Tensor[] biases, int act, "
+      "float inv_ref_var, int n_steps, float step, float noise_std, int seed, int offset, int chain_mode, "
+      "Tensor(d!)? log_w, Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
 }

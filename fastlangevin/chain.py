@@ -1,4 +1,5 @@
-"""Fused Langevin chains of analytic energies: all n steps of every walker in one kernel call.
+"""Fused Langevin chains: all n steps of every walker in one kernel call, for Gaussian mixtures
+(mixture_chain) and small MLP energies (mlp_chain).
 
     from fastlangevin.chain import mixture_chain
     res = mixture_chain(x, *gmm.chain_params(), n_steps=1000, step_size=0.1, seed=0)
@@ -10,9 +11,17 @@ of sample() / Walkers on the same energy (same seed, same noise) to float tolera
 "cpu" (csrc/cpu/chain_cpu.cpp, OpenMP over tiles of walkers) and "reference"
 (fastlangevin.reference.mixture_chain_ref, the oracle); no Triton or CUDA kernel yet.
 
-sample() and Walkers.step() call this themselves when the energy is a
-fastlangevin.energies.GaussianMixture or Gaussian (anything with ``chain_params()``); see their
-docstrings for when.
+sample() and Walkers.step() call these themselves (fused_chain_of picks the kernel): the
+dispatch rule is one protocol method per kernel,
+
+    energy.chain_params()      -> (means, inv_var, log_coef): mixture_chain
+                                  (GaussianMixture, Gaussian, models.GMMStudent)
+    energy.mlp_chain_params()  -> (weights, biases, act, inv_ref_var): mlp_chain
+                                  (MLPEnergy with depth <= 4 and hidden <= 128; larger MLPs
+                                  run step by step with their closed-form energy_and_grad)
+
+checked in that order, and only when the parameters' dimension and device match the walkers'.
+See sample() and Walkers.step() for the other conditions (float step sizes, no clamp, ...).
 """
 from __future__ import annotations
 
@@ -47,6 +56,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastlangevin::mixture_chain")
     def _chain_fake(x, energy, grad, means, inv_var, log_coef, n_steps, step, noise_std, seed, offset, mode, log_w,
                     log_w_steps, accepted):
+        return None
+
+    @torch.library.register_fake("fastlangevin::mlp_chain")
+    def _mlp_chain_fake(x, energy, grad, weights, biases, act, inv_ref_var, n_steps, step, noise_std, seed, offset,
+                        chain_mode, log_w, log_w_steps, accepted):
         return None
 
 
@@ -190,4 +204,204 @@ def _reference_with_steps(x, energy, grad, means, inv_var, log_coef, n_steps, a,
         rows.append(lw)
         acc += 1
     steps = torch.stack(rows) if rows else torch.empty(0, x.shape[0], dtype=torch.float64, device=x.device)
+    return ChainResult(x, u, g, lw, acc, steps)
+
+
+# --------------------------------------------------------------------------------------------
+# small MLP energies
+# --------------------------------------------------------------------------------------------
+
+MLP_ACTS = reference.MLP_ACTS  # ("silu", "softplus", "tanh"), the kernel's act 0, 1, 2
+# The fused kernel's limits: its buffers are sized for these (csrc/cpu/mlp_chain_cpu.cpp
+# kMaxDepth / kMaxHidden), the sizes of 2-D toys, tabular data and 8x8 digits.
+MLP_MAX_DEPTH, MLP_MAX_HIDDEN = 4, 128
+
+
+def mlp_chain_params_of(energy):
+    """(weights, biases, act, inv_ref_var) if ``energy`` has ``mlp_chain_params()`` (as
+    fastlangevin.energies.MLPEnergy does) and fits the fused kernel (depth <= 4, hidden <= 128),
+    else None."""
+    fn = getattr(energy, "mlp_chain_params", None)
+    if not callable(fn):
+        return None
+    params = fn()
+    ws = params[0]
+    if not 2 <= len(ws) <= MLP_MAX_DEPTH + 1 or ws[0].shape[0] > MLP_MAX_HIDDEN:
+        return None
+    return params
+
+
+def fused_chain_of(energy, x: torch.Tensor):
+    """A function run(x, n_steps, step_size, noise_std, **kw) -> ChainResult that runs ``energy``'s
+    fused chain (mixture_chain or mlp_chain with its parameters bound; kw: energy, grad, seed,
+    offset, mode, log_w, return_log_w_steps, backend), or None when the energy has no fused
+    chain for walkers like x [N, d] (see the module docstring for the rule)."""
+    if x.dim() != 2:
+        return None
+    params = chain_params_of(energy)
+    if params is not None:
+        if params[0].shape[1] != x.shape[1] or params[0].device != x.device:
+            return None
+        return lambda xx, n_steps, a, s=None, **kw: mixture_chain(xx, *params, n_steps, a, s, **kw)
+    params = mlp_chain_params_of(energy)
+    if params is not None:
+        ws, bs, act, inv_ref = params
+        if ws[0].shape[1] != x.shape[1] or ws[0].device != x.device:
+            return None
+        return lambda xx, n_steps, a, s=None, **kw: mlp_chain(xx, ws, bs, act, n_steps, a, s, inv_ref_var=inv_ref,
+                                                              **kw)
+    return None
+
+
+def mlp_chain(
+    x: torch.Tensor,
+    weights,
+    biases,
+    act: str,
+    n_steps: int,
+    step_size: float,
+    noise_std: Optional[float] = None,
+    *,
+    inv_ref_var: float = 0.0,
+    energy: Optional[torch.Tensor] = None,
+    grad: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    offset: int = 0,
+    mode: str = "ula",
+    log_w: Optional[torch.Tensor] = None,
+    return_log_w_steps: bool = False,
+    backend: str = "auto",
+) -> ChainResult:
+    """n_steps Langevin steps of the MLP energy (fastlangevin.energies.MLPEnergy)
+
+        h_0 = x,  h_l = act(h_{l-1} W_l^T + b_l)  (l = 1 .. L),
+        U(x) = h_L w^T + b + inv_ref_var |x|^2 / 2
+
+    for every walker of x [N, d] (float32 or float64), in one kernel call; step k is the
+    update of mixture_chain with this energy (same noise stream offset + k, same modes "ula",
+    "weights", "mh", same alpha). The forward pass and the backward pass to the input run as
+    small dense matmuls over a tile of walkers held in local buffers for all n_steps; the
+    weights are packed once per call.
+
+    weights: L + 1 matrices (1 <= L <= 4): [H, d], [H, H] x (L - 1), [1, H] (nn.Linear's
+    [out, in], the head last), 1 <= H <= 128; biases: [H] x L, [1] (any float dtype, cast to
+    x's). act: "silu", "softplus" or "tanh". inv_ref_var: 1 / ref_var >= 0 (0: no reference
+    term). The other arguments are mixture_chain's. ``MLPEnergy.mlp_chain_params()`` gives
+    (weights, biases, act, inv_ref_var). Inputs are not modified.
+
+    Backends: "cpu" (csrc/cpu/mlp_chain_cpu.cpp), "reference" (reference.mlp_chain_ref) and
+    "triton" (fastlangevin/kernels/mlp_chain.py: mode "ula", float32 only; sample() and
+    Walkers do not route to it yet).
+    """
+    op = "mlp_chain"
+    check_float_tensor(op, "x", x)
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must have shape [N, d], got {_shape(x)}")
+    n, d = x.shape
+    if act not in MLP_ACTS:
+        raise ValueError(f"{op}: act must be one of {MLP_ACTS}, got {act!r}")
+    weights, biases = list(weights), list(biases)
+    depth = len(weights) - 1
+    if not 1 <= depth <= MLP_MAX_DEPTH:
+        raise ValueError(f"{op}: weights must hold 2 to {MLP_MAX_DEPTH + 1} matrices (1 to {MLP_MAX_DEPTH} hidden "
+                         f"layers and the head), got {len(weights)}")
+    if len(biases) != len(weights):
+        raise ValueError(f"{op}: biases must hold one vector per weight matrix ({len(weights)}), got {len(biases)}")
+    for name, t in [(f"weights[{i}]", w) for i, w in enumerate(weights)] + \
+                   [(f"biases[{i}]", b) for i, b in enumerate(biases)]:
+        check_float_tensor(op, name, t)
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device}, x is on {x.device}")
+    h = weights[0].shape[0] if weights[0].dim() == 2 else -1
+    if not 1 <= h <= MLP_MAX_HIDDEN:
+        raise ValueError(f"{op}: weights[0] has shape {_shape(weights[0])}, expected [H, {d}] with "
+                         f"1 <= H <= {MLP_MAX_HIDDEN} (larger MLPs: run sample() step by step)")
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        out, inp = (1 if i == depth else h), (d if i == 0 else h)
+        if w.shape != (out, inp):
+            raise ValueError(f"{op}: weights[{i}] has shape {_shape(w)}, expected [{out}, {inp}] (x has {_shape(x)})")
+        if b.shape != (out,):
+            raise ValueError(f"{op}: biases[{i}] has shape {_shape(b)}, expected [{out}]")
+    if isinstance(inv_ref_var, bool) or not isinstance(inv_ref_var, (int, float)) or \
+            not (math.isfinite(inv_ref_var) and inv_ref_var >= 0):
+        raise ValueError(f"{op}: inv_ref_var must be a finite float >= 0, got {inv_ref_var!r}")
+    inv_ref_var = float(inv_ref_var)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
+    if mode not in MODES:
+        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
+    a = _check_scalar(op, "step_size", step_size, allow_zero=False)
+    s = math.sqrt(2.0 * a) if noise_std is None else _check_scalar(op, "noise_std", noise_std, allow_zero=mode == "ula")
+    seed = check_u64(op, "seed", seed)
+    offset = check_u64(op, "offset", offset)
+    be = _backend.resolve(op, backend, x.device)
+    if be == "triton":
+        if mode != "ula" or x.dtype != torch.float32:
+            raise ValueError(f"{op}: backend 'triton' runs mode 'ula' on float32 walkers only "
+                             f"(got mode {mode!r}, {x.dtype}); use backend 'cpu' or 'reference'")
+    elif be not in CHAIN_BACKENDS:
+        raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {CHAIN_BACKENDS}); "
+                         "sample() and Walkers fall back to the step-by-step loop there")
+    weights = [w.detach().to(x.dtype).contiguous() for w in weights]
+    biases = [b.detach().to(x.dtype).contiguous() for b in biases]
+    if (energy is None) != (grad is None):
+        raise ValueError(f"{op}: give both energy and grad (the state's cached values) or neither")
+    if energy is None:
+        energy, grad = reference.mlp_energy_ref(x.detach(), weights, biases, act, inv_ref_var)
+    else:
+        check_float_tensor(op, "energy", energy)
+        check_float_tensor(op, "grad", grad)
+        if energy.shape != (n,):
+            raise ValueError(f"{op}: energy has shape {_shape(energy)}, expected [{n}]")
+        if grad.shape != x.shape:
+            raise ValueError(f"{op}: grad has shape {_shape(grad)}, x has {_shape(x)}")
+    if mode == "weights":
+        if log_w is None:
+            log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
+        elif not torch.is_tensor(log_w) or log_w.shape != (n,):
+            raise ValueError(f"{op}: log_w must be a tensor of shape [{n}]")
+    elif log_w is not None or return_log_w_steps:
+        raise ValueError(f"{op}: log_w and return_log_w_steps belong to mode 'weights', got mode {mode!r}")
+
+    if be == "reference":
+        energy_fn = lambda y: reference.mlp_energy_ref(y, weights, biases, act, inv_ref_var)  # noqa: E731
+        if return_log_w_steps:
+            return _loop_with_steps(energy_fn, x.detach(), energy, grad, n_steps, a, s, seed, offset, log_w)
+        xo, uo, go, lw, acc = reference.mlp_chain_ref(
+            x.detach(), energy.detach().to(x.dtype), grad.detach().to(x.dtype), weights, biases, act, inv_ref_var,
+            n_steps, a, s, seed=seed, offset=offset, mode=mode,
+            log_w=None if log_w is None else log_w.to(torch.float64))
+        return ChainResult(xo, uo, go, lw, acc, None)
+
+    xo = x.detach().to(memory_format=torch.contiguous_format, copy=True)
+    uo = energy.detach().to(x.dtype, copy=True).contiguous()
+    go = grad.detach().to(x.dtype, copy=True).contiguous()
+    if be == "triton":
+        from .kernels.mlp_chain import mlp_chain_triton
+
+        mlp_chain_triton(xo, uo, go, weights, biases, act, inv_ref_var, n_steps, a, s, seed, offset)
+        return ChainResult(xo, uo, go, None, torch.full((n,), n_steps, dtype=torch.int64, device=x.device), None)
+    lw = None if log_w is None else log_w.detach().to(torch.float64, copy=True).contiguous()
+    steps = torch.empty(n_steps, n, dtype=torch.float64, device=x.device) if return_log_w_steps else None
+    acc = torch.zeros(n, dtype=torch.int64, device=x.device)
+    _register_fakes()
+    torch.ops.fastlangevin.mlp_chain(xo, uo, go, weights, biases, MLP_ACTS.index(act), inv_ref_var, n_steps, a, s,
+                                     _as_i64(seed), _as_i64(offset), MODES.index(mode), lw, steps, acc)
+    return ChainResult(xo, uo, go, lw, acc, steps)
+
+
+def _loop_with_steps(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, log_w):
+    """The reference loop of energy_fn one step at a time (mode "weights"), keeping log_w after
+    each step."""
+    rows = []
+    u, g, lw = energy.to(x.dtype), grad.to(x.dtype), log_w.to(torch.float64)
+    mask = (1 << 64) - 1
+    for k in range(n_steps):
+        x, u, g, lw, _ = reference._chain_loop_ref(energy_fn, x, u, g, 1, a, s, seed=seed, offset=(offset + k) & mask,
+                                                   mode="weights", log_w=lw, op="mlp_chain")
+        rows.append(lw)
+    steps = torch.stack(rows) if rows else torch.empty(0, x.shape[0], dtype=torch.float64, device=x.device)
+    acc = torch.full((x.shape[0],), n_steps, dtype=torch.int64, device=x.device)
     return ChainResult(x, u, g, lw, acc, steps)

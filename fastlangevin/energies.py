@@ -1,4 +1,4 @@
-"""Analytic energies with closed-form gradients: Gaussian, Gaussian mixture, double well.
+"""Energies with closed-form gradients: Gaussian, Gaussian mixture, double well, small MLP.
 
     from fastlangevin.energies import Gaussian, GaussianMixture, DoubleWell
     teacher = GaussianMixture(torch.tensor([[-10.0] + [0.0] * 49, [6.0] + [0.0] * 49]),
@@ -13,7 +13,8 @@ any model); ``energy_and_grad`` computes (U, grad_x U) in closed form without au
 returns them detached. fastlangevin.sample() and fastlangevin.Walkers use ``energy_and_grad``
 whenever an energy has one (the protocol is documented in fastlangevin.sampler.energy_and_grad),
 and for GaussianMixture and Gaussian they run whole chains in one fused kernel
-(fastlangevin.chain.mixture_chain).
+(fastlangevin.chain.mixture_chain), for MLPEnergy (depth <= 4, hidden <= 128) in
+fastlangevin.chain.mlp_chain.
 
 Parameters are stored in the dtype they are given in; a call casts them to x's dtype, so a
 float32 energy evaluates float64 walkers in float64.
@@ -28,7 +29,7 @@ from torch import nn
 
 from . import reference
 
-__all__ = ["Gaussian", "GaussianMixture", "DoubleWell"]
+__all__ = ["Gaussian", "GaussianMixture", "DoubleWell", "MLPEnergy"]
 
 TensorLike = Union[float, torch.Tensor]
 
@@ -278,3 +279,93 @@ class DoubleWell(nn.Module):
         h, c2 = self.barrier.detach().to(x.dtype), self.center.detach().to(x.dtype) ** 2
         w = x * x - c2
         return h * (w * w).sum(dim=1), (4.0 * h) * x * w
+
+
+_MLP_ACTS = {"silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh}
+
+
+class MLPEnergy(nn.Module):
+    """A small MLP energy on x [N, *shape] (flattened to [N, d]):
+
+        h_0 = x,  h_l = act(h_{l-1} W_l^T + b_l)   (l = 1 .. depth, width hidden)
+        U(x) = h_depth w^T + b + |x|^2 / (2 ref_var)     (the last term only with ref_var)
+
+    act: "silu", "softplus" or "tanh" (smooth: Langevin needs a continuous drift; ReLU's
+    gradient is piecewise constant). With ref_var, e^{-U} is normalisable whenever the MLP grows
+    slower than quadratically (silu / softplus are linear at infinity, tanh is bounded): AIS
+    log-likelihoods need that.
+
+    Parameters: an nn.Sequential ``net`` of [Linear(d, hidden), act] * depth + [Linear(hidden, 1)],
+    so state_dict keys are net.0.weight, net.0.bias, ..., net.{2 depth}.weight/bias, the same as
+    models.MLPEnergy (which is this class). ``energy_and_grad`` is the closed-form backward to
+    the input (fastlangevin.reference.mlp_energy_ref, no autograd, any size); with
+    depth <= 4 and hidden <= 128, sample() and Walkers run whole chains in one fused kernel
+    (fastlangevin.chain.mlp_chain; ``mlp_chain_params``). Larger MLPs run step by step.
+
+    Args:
+        dim: d, or the per-example shape (its product is used).
+        hidden: width >= 1 (default 128); depth: hidden layers >= 1 (default 3).
+    """
+
+    def __init__(self, dim, hidden: int = 128, depth: int = 3, act: str = "silu", ref_var: Optional[float] = None):
+        super().__init__()
+        op = "MLPEnergy"
+        d = dim if isinstance(dim, int) and not isinstance(dim, bool) else math.prod(dim)
+        for name, v in (("dim", d), ("hidden", hidden), ("depth", depth)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{op}: {name} must be an int >= 1, got {v!r}")
+        if act not in _MLP_ACTS:
+            raise ValueError(f"{op}: act must be one of {sorted(_MLP_ACTS)} (smooth, for Langevin), got {act!r}")
+        if ref_var is not None and not (isinstance(ref_var, (int, float)) and not isinstance(ref_var, bool)
+                                        and math.isfinite(ref_var) and ref_var > 0):
+            raise ValueError(f"{op}: ref_var must be None or a finite float > 0, got {ref_var!r}")
+        layers, width = [], d
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), _MLP_ACTS[act]()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        self.dim, self.hidden, self.depth, self.act, self.ref_var = d, hidden, depth, act, ref_var
+
+    def _flat(self, op: str, x) -> torch.Tensor:
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise TypeError(f"{op}: x must be a floating torch.Tensor, got "
+                            f"{x.dtype if torch.is_tensor(x) else type(x).__name__}")
+        if x.dim() < 1 or x[0].numel() != self.dim:
+            raise ValueError(f"{op}: x has shape {_shape(x)}, expected [N, ...] with {self.dim} values per walker")
+        return x.reshape(x.shape[0], self.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """U(x) [N] from torch ops (differentiable in x and the parameters)."""
+        xf = self._flat("MLPEnergy", x)
+        u = self.net(xf).squeeze(1)
+        if self.ref_var is not None:
+            u = u + xf.pow(2).sum(1) / (2.0 * self.ref_var)
+        return u
+
+    @property
+    def inv_ref_var(self) -> float:
+        """1 / ref_var, 0.0 without a reference term."""
+        return 0.0 if self.ref_var is None else 1.0 / float(self.ref_var)
+
+    def linears(self) -> list:
+        """The depth + 1 nn.Linear layers of ``net`` (the head last)."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @torch.no_grad()
+    def energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U(x) [N], grad_x U [N, *shape]) in closed form (hand-written backward to the input,
+        fastlangevin.reference.mlp_energy_ref), detached, in x's dtype."""
+        xf = self._flat("MLPEnergy.energy_and_grad", x)
+        ws, bs, act, inv_ref = self.mlp_chain_params()
+        u, g = reference.mlp_energy_ref(xf, ws, bs, act, inv_ref)
+        return u, g.reshape(x.shape)
+
+    def mlp_chain_params(self) -> tuple[list, list, str, float]:
+        """(weights, biases, act, inv_ref_var), detached: what fastlangevin.chain.mlp_chain needs.
+        weights: depth + 1 matrices [out, in] (the head [1, hidden] last); biases: [out] each."""
+        lin = self.linears()
+        return [m.weight.detach() for m in lin], [m.bias.detach() for m in lin], self.act, self.inv_ref_var
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, ref_var={self.ref_var}"

@@ -381,3 +381,102 @@ def mixture_chain_ref(
             energy = torch.where(acc, u_y, energy)
             accepted += acc.to(torch.int64)
     return x, energy, grad, log_w, accepted
+
+
+# --------------------------------------------------------------------------------------------
+# small MLP energies (fastlangevin.energies.MLPEnergy, fastlangevin.chain.mlp_chain)
+# --------------------------------------------------------------------------------------------
+
+MLP_ACTS = ("silu", "softplus", "tanh")
+
+
+def mlp_act_ref(z: torch.Tensor, act: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(act(z), act'(z)), elementwise. silu: z sigmoid(z), sigmoid(z) (1 + z (1 - sigmoid(z)));
+    softplus: log(1 + e^z) (torch's, linear above z = 20), sigmoid(z); tanh: tanh(z), 1 - tanh(z)^2."""
+    if act == "silu":
+        s = torch.sigmoid(z)
+        return z * s, s * (1.0 + z * (1.0 - s))
+    if act == "softplus":
+        return torch.nn.functional.softplus(z), torch.sigmoid(z)
+    if act == "tanh":
+        t = torch.tanh(z)
+        return t, 1.0 - t * t
+    raise ValueError(f"mlp_act_ref: act must be one of {MLP_ACTS}, got {act!r}")
+
+
+def mlp_energy_ref(x, weights, biases, act: str, inv_ref_var: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U [N], grad U [N, d]) of the MLP energy, in x's dtype, without autograd:
+
+        h_0 = x,  z_l = h_{l-1} W_l^T + b_l,  h_l = act(z_l)        (l = 1 .. L hidden layers)
+        U(x) = h_L w^T + b + inv_ref_var |x|^2 / 2                  (head: weights[L] = w [1, H])
+        delta_L = w * act'(z_L),  delta_l = (delta_{l+1} W_{l+1}) * act'(z_l),
+        grad U(x) = delta_1 W_1 + inv_ref_var x
+
+    x: [N, d]; weights: L + 1 matrices [out, in] (nn.Linear's layout, the head last); biases:
+    L + 1 vectors [out]. MLPEnergy.energy_and_grad and the per-step energy of mlp_chain_ref."""
+    ws = [w.to(x.dtype) for w in weights]
+    bs = [b.to(x.dtype) for b in biases]
+    h, ders = x, []
+    for w, b in zip(ws[:-1], bs[:-1]):
+        h, dz = mlp_act_ref(torch.addmm(b, h, w.t()), act)
+        ders.append(dz)
+    u = torch.addmm(bs[-1], h, ws[-1].t()).squeeze(1)
+    delta = ws[-1] * ders[-1]  # [N, H_L]
+    for w, dz in zip(reversed(ws[1:-1]), reversed(ders[:-1])):
+        delta = (delta @ w) * dz
+    g = delta @ ws[0]
+    if inv_ref_var:
+        u = u + (0.5 * inv_ref_var) * (x * x).sum(dim=1)
+        g = g + inv_ref_var * x
+    return u, g
+
+
+def mlp_chain_ref(
+    x, energy, grad, weights, biases, act: str, inv_ref_var: float, n_steps: int, step_size: float,
+    noise_std: float | None = None, *, seed: int = 0, offset: int = 0, mode: str = "ula", log_w=None,
+):
+    """n_steps Langevin steps of the MLP energy (mlp_energy_ref), the loop of mixture_chain_ref
+    with the MLP's closed-form energy and gradient: step k (noise stream offset + k)
+
+        y = x - a grad + s xi_k;  U_y, grad_y = mlp_energy_ref(y);  then ula / weights / mh
+        exactly as mixture_chain_ref.
+
+    Returns (x, energy, grad, log_w float64 [N] or None, accepted int64 [N])."""
+    def energy_fn(y):
+        return mlp_energy_ref(y, weights, biases, act, inv_ref_var)
+
+    return _chain_loop_ref(energy_fn, x, energy, grad, n_steps, step_size, noise_std, seed=seed, offset=offset,
+                           mode=mode, log_w=log_w, op="mlp_chain_ref")
+
+
+def _chain_loop_ref(energy_fn, x, energy, grad, n_steps, step_size, noise_std, *, seed, offset, mode, log_w, op):
+    """The step-by-step chain of any closed-form energy_fn(y) -> (U [N], grad [N, d])."""
+    if mode not in CHAIN_MODES:
+        raise ValueError(f"{op}: mode must be one of {CHAIN_MODES}, got {mode!r}")
+    s = noise_std if noise_std is not None else (2.0 * step_size) ** 0.5
+    n = x.shape[0]
+    accepted = torch.zeros(n, dtype=torch.int64, device=x.device)
+    if mode == "weights":
+        log_w = torch.zeros(n, dtype=torch.float64, device=x.device) if log_w is None else log_w.clone()
+    mask = (1 << 64) - 1
+    for k in range(n_steps):
+        off = (offset + k) & mask
+        y = langevin_step_ref(x, grad, step_size, s, seed=seed, offset=off)
+        u_y, g_y = energy_fn(y)
+        if mode == "ula":
+            x, energy, grad = y, u_y, g_y
+            accepted += 1
+            continue
+        inc = jarzynski_increment_ref(x, grad, energy, y, g_y, u_y, step_size, s)
+        if mode == "weights":
+            log_w = log_w + inc
+            x, energy, grad = y, u_y, g_y
+            accepted += 1
+        else:
+            u = uniforms_ref(n, seed, MH_STREAM | (off & (MH_STREAM - 1)), device=x.device)
+            acc = torch.log(u) < inc
+            x = torch.where(acc[:, None], y, x)
+            grad = torch.where(acc[:, None], g_y, grad)
+            energy = torch.where(acc, u_y, energy)
+            accepted += acc.to(torch.int64)
+    return x, energy, grad, log_w, accepted

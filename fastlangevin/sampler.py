@@ -181,10 +181,13 @@ def sample(
     and gradient clipping break the proposal density, so they are refused with mh=True.
 
     Fused chains: when the energy has ``chain_params()`` (fastlangevin.energies.GaussianMixture
-    and Gaussian), x0 is float32/float64 [N, d], step_size and noise_std are floats, there is no
-    ref_var, grad_clip, clamp, trajectory, progress bar or step-size adaptation, and the backend
-    is cpu or reference, all n_steps run in one fastlangevin.chain.mixture_chain call (ULA or
-    MALA), with the same noise and uniforms as the loop. A non-finite energy is then reported
+    and Gaussian: fastlangevin.chain.mixture_chain) or ``mlp_chain_params()``
+    (fastlangevin.energies.MLPEnergy with depth <= 4, hidden <= 128: mlp_chain; its own ref_var
+    is part of the energy, not sample()'s), x0 is float32/float64 [N, d], step_size and
+    noise_std are floats, there is no ref_var, grad_clip, clamp, trajectory, progress bar or
+    step-size adaptation, and the backend is cpu or reference, all n_steps run in one fused
+    chain call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and
+    uniforms as the loop. A non-finite energy is then reported
     at the end of the chain, without the step number.
     """
     op = "sample"
@@ -311,17 +314,15 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
 
 def _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, backend, return_trajectory, progress, adapt_steps,
                  n_steps):
-    """The energy's chain parameters when sample() can run the fused chain, else None."""
-    from .chain import CHAIN_BACKENDS, chain_params_of
+    """The energy's fused chain runner (fastlangevin.chain.fused_chain_of) when sample() can run
+    the fused chain, else None."""
+    from .chain import CHAIN_BACKENDS, fused_chain_of
 
     if (backend not in CHAIN_BACKENDS or torch.is_tensor(a) or torch.is_tensor(s) or ref_var is not None
             or grad_clip is not None or clamp is not None or return_trajectory or progress or adapt_steps
             or n_steps == 0 or x0.dim() != 2 or x0.dtype not in (torch.float32, torch.float64)):
         return None
-    params = chain_params_of(energy)
-    if params is None or params[0].shape[1] != x0.shape[1] or params[0].device != x0.device:
-        return None
-    return params
+    return fused_chain_of(energy, x0)
 
 
 def _raise_if_non_finite(op: str, u: torch.Tensor, g: torch.Tensor, where: str) -> None:
@@ -331,15 +332,13 @@ def _raise_if_non_finite(op: str, u: torch.Tensor, g: torch.Tensor, where: str) 
                              "lower the step size or check the energy")
 
 
-def _sample_chain(op, energy, x0, n_steps, a, s, params, *, seed, offset, backend, mh) -> SampleResult:
-    """sample() as one fused chain (arguments validated, params from _fused_chain)."""
-    from .chain import mixture_chain
-
+def _sample_chain(op, energy, x0, n_steps, a, s, run, *, seed, offset, backend, mh) -> SampleResult:
+    """sample() as one fused chain (arguments validated, run from _fused_chain)."""
     x = x0.detach()
     u, g = energy_and_grad(energy, x, op)
     _raise_if_non_finite(op, u, g, "at step 0 (the initial state)")
-    res = mixture_chain(x, *params, n_steps, a, s, energy=u, grad=g, seed=seed, offset=offset,
-                        mode="mh" if mh else "ula", backend=backend)
+    res = run(x, n_steps, a, s, energy=u, grad=g, seed=seed, offset=offset, mode="mh" if mh else "ula",
+              backend=backend)
     _raise_if_non_finite(op, res.energy, res.grad, f"within steps 0..{n_steps} (fused chain)")
     acceptance = None
     if mh:

@@ -151,10 +151,11 @@ class Walkers:
         """n_steps weighted Langevin steps (see the module docstring), resampling on the device
         whenever ESS < ess_threshold * N. Returns self.
 
-        With a GaussianMixture or Gaussian energy (``chain_params()``), float step_size and
-        noise_std, no ref_var, [N, d] walkers and the cpu or reference backend, the n steps run
-        as fused chains (fastlangevin.chain.mixture_chain), same noise, same results to float
-        tolerance. Resampling is handled by speculate-and-replay: a chunk of up to CHAIN_CHUNK
+        With a GaussianMixture or Gaussian energy (``chain_params()``) or a small MLPEnergy
+        (``mlp_chain_params()``: depth <= 4, hidden <= 128), float step_size and noise_std, no
+        ref_var, [N, d] walkers and the cpu or reference backend, the n steps run as fused
+        chains (fastlangevin.chain.fused_chain_of: mixture_chain / mlp_chain), same noise,
+        same results to float tolerance. Resampling is handled by speculate-and-replay: a chunk of up to CHAIN_CHUNK
         steps runs with the log-weights of every step recorded; if ESS falls below the threshold
         after step t of the chunk, the chunk is replayed from its start for t + 1 steps (the
         chain is deterministic), the walkers are resampled exactly as the loop would, and the
@@ -184,24 +185,20 @@ class Walkers:
         return self
 
     def _fused_params(self):
-        """The energy's chain parameters when step() can run fused chains, else None."""
-        from .chain import CHAIN_BACKENDS, chain_params_of
+        """The energy's fused chain runner (fastlangevin.chain.fused_chain_of) when step() can
+        run fused chains, else None."""
+        from .chain import CHAIN_BACKENDS, fused_chain_of
 
         if (self.backend not in CHAIN_BACKENDS or torch.is_tensor(self.step_size) or torch.is_tensor(self.noise_std)
                 or self.ref_var is not None or self.x.dim() != 2
                 or self.x.dtype not in (torch.float32, torch.float64)
                 or (self.use_weights and self.noise_std == 0.0)):
             return None
-        params = chain_params_of(self.energy_fn)
-        if params is None or params[0].shape[1] != self.x.shape[1] or params[0].device != self.x.device:
-            return None
-        return params
+        return fused_chain_of(self.energy_fn, self.x)
 
     def _step_fused(self, n_steps: int) -> "Walkers":
         """step(n_steps) as fused chains (see step())."""
-        from .chain import mixture_chain
-
-        params = self._fused_params()
+        chain = self._fused_params()
         resampling = self.use_weights and self.scheme is not None
         mode = "weights" if self.use_weights else "ula"
         left = n_steps
@@ -209,8 +206,7 @@ class Walkers:
             m = min(left, CHAIN_CHUNK) if resampling else left
             run = dict(seed=self.seed, offset=self.steps, mode=mode, backend=self.backend, energy=self.energy,
                        grad=self.grad, log_w=self.log_weights if self.use_weights else None)
-            res = mixture_chain(self.x, *params, m, self.step_size, self.noise_std, return_log_w_steps=resampling,
-                                **run)
+            res = chain(self.x, m, self.step_size, self.noise_std, return_log_w_steps=resampling, **run)
             done, trigger = m, False
             if resampling:
                 lw = res.log_w_steps
@@ -220,7 +216,7 @@ class Walkers:
                 if hits.numel():
                     done, trigger = int(hits[0, 0]) + 1, True
                     if done < m:  # replay the chunk up to the triggering step
-                        res = mixture_chain(self.x, *params, done, self.step_size, self.noise_std, **run)
+                        res = chain(self.x, done, self.step_size, self.noise_std, **run)
             self.x, self.energy, self.grad = res.x, res.energy, res.grad
             if self.use_weights:
                 self.log_weights = res.log_w

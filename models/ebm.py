@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from fastlangevin.energies import MLPEnergy as _FLMLPEnergy
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -155,34 +157,18 @@ def _check_ref_var(name: str, ref_var):
         raise ValueError(f"{name}: ref_var must be None or a finite float > 0, got {ref_var!r}")
 
 
-class MLPEnergy(nn.Module):
+class MLPEnergy(_FLMLPEnergy):
     """U(x) = MLP(flat x) + |x|^2 / (2 ref_var): `depth` hidden layers of width `hidden`, smooth
     activation `act` ("silu", "softplus", "tanh"), a linear head to one scalar. With ref_var set,
     e^{-U} is normalisable whenever the MLP is bounded below (tanh) or grows slower than
     quadratically (silu/softplus are linear at infinity): needed for AIS log-likelihoods.
 
     dim: int, or the per-example shape (its product is used). x [N, *shape] -> U [N].
+
+    This is fastlangevin.energies.MLPEnergy (same ``net`` and state_dict keys): it has the
+    closed-form ``energy_and_grad``, and with depth <= 4 and hidden <= 128 fastlangevin.sample()
+    and Walkers run its chains fused (fastlangevin.chain.mlp_chain).
     """
-
-    def __init__(self, dim, hidden: int = 128, depth: int = 3, act: str = "silu", ref_var: Optional[float] = None):
-        super().__init__()
-        d = dim if isinstance(dim, int) else math.prod(dim)
-        if d < 1 or depth < 1 or hidden < 1:
-            raise ValueError(f"MLPEnergy: need dim, hidden, depth >= 1, got {dim}, {hidden}, {depth}")
-        _check_ref_var("MLPEnergy", ref_var)
-        layers, width = [], d
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), _act(act)]
-            width = hidden
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-        self.dim, self.ref_var = d, ref_var
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_flat(x)).squeeze(1) + _ref_term(x, self.ref_var)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, ref_var={self.ref_var}"
 
 
 class ConvEBM(nn.Module):

@@ -215,3 +215,57 @@ def test_walkers_closed_form_equals_autograd_path():
     assert int(w1.n_resampled) == int(w2.n_resampled) >= 1
     for k in ("x", "grad", "energy", "log_weights"):
         torch.testing.assert_close(getattr(w1, k), getattr(w2, k), rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------- MLPEnergy
+def _mlp(d, depth, act, ref_var, dtype, hidden=16, seed=0):
+    from fastlangevin.energies import MLPEnergy
+
+    torch.manual_seed(seed)
+    e = MLPEnergy(d, hidden=hidden, depth=depth, act=act, ref_var=ref_var).to(dtype)
+    with torch.no_grad():  # larger than nn.Linear's init so every activation's curvature matters
+        for p in e.parameters():
+            p.mul_(2.0)
+    return e
+
+
+@pytest.mark.parametrize("dtype,rtol,atol", [(torch.float32, 2e-5, 2e-5), (torch.float64, 1e-12, 1e-12)])
+@pytest.mark.parametrize("ref_var", [None, 2.0])
+@pytest.mark.parametrize("act", ["silu", "softplus", "tanh"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_mlp_energy_and_grad_matches_autograd(depth, act, ref_var, dtype, rtol, atol):
+    d = 5
+    e = _mlp(d, depth, act, ref_var, dtype)
+    x = 2 * torch.randn(33, d, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    u, g = e.energy_and_grad(x)
+    u_ref, g_ref = _autograd(e, x)
+    assert u.dtype == g.dtype == dtype and not u.requires_grad and not g.requires_grad
+    torch.testing.assert_close(u, u_ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol)
+
+
+def test_mlp_energy_shapes_state_dict_and_errors():
+    from fastlangevin.energies import MLPEnergy
+
+    e = MLPEnergy((1, 4, 4), hidden=8, depth=2, act="tanh", ref_var=1.5)
+    assert list(e.state_dict()) == [f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+    x = torch.randn(6, 1, 4, 4)
+    u, g = e.energy_and_grad(x)
+    assert u.shape == (6,) and g.shape == x.shape
+    torch.testing.assert_close(u, e(x))
+    import models  # the trainers' MLPEnergy is this class: same keys, loads the same state
+
+    m = models.MLPEnergy((1, 4, 4), hidden=8, depth=2, act="tanh", ref_var=1.5)
+    m.load_state_dict(e.state_dict())
+    torch.testing.assert_close(m(x), e(x))
+    assert isinstance(m, MLPEnergy)
+    with pytest.raises(ValueError, match="MLPEnergy: depth"):
+        MLPEnergy(2, depth=0)
+    with pytest.raises(ValueError, match="MLPEnergy: hidden"):
+        MLPEnergy(2, hidden=0)
+    with pytest.raises(ValueError, match="MLPEnergy: act must be one of"):
+        MLPEnergy(2, act="relu")
+    with pytest.raises(ValueError, match="MLPEnergy: ref_var"):
+        MLPEnergy(2, ref_var=0.0)
+    with pytest.raises(ValueError, match=r"MLPEnergy.energy_and_grad: x has shape \[3, 5\]"):
+        e.energy_and_grad(torch.randn(3, 5))

@@ -1,0 +1,176 @@
+"""Benchmark of whole Langevin chains on a small MLP energy of 8x8-digits size: walkers [N, 64],
+MLP 64-128-128-128-1 SiLU (fastlangevin.energies.MLPEnergy, the trainers' models.MLPEnergy at
+its toy size), h = 0.01, noise sqrt(2h), float32, side by side in one process:
+
+* ``eager``      the trainers' loop: per step, torch.autograd.grad of U(x).sum() through the
+                 nn.Sequential, then x - h grad + sqrt(2h) torch.randn_like(x).
+* ``sample``     fastlangevin.sample() step by step: closed-form grads
+                 (MLPEnergy.energy_and_grad: torch matmuls, no autograd) and one fused
+                 langevin_step per step.
+* ``chain``      fastlangevin.sample() on the MLPEnergy itself: the whole chain in one
+                 fastlangevin.chain.mlp_chain call (cpu backend).
+* ``chain-mala`` the same with mh=True (MALA inside the chain).
+
+Every method runs the full chain per call; vs_eager = eager time / method time. Run it with
+OMP_NUM_THREADS=1 on a shared machine (bench/results record torch_threads and the load).
+
+Sizes: 1024 x 64 (8x8 digits), 256 x 64 (a small negative batch) and 1024 x 2 (2-D toys),
+all with the 128-wide 3-layer MLP.
+
+What bounds the ratio (measured on the 2-core AMD EPYC dev box, one thread, load ~3): the
+chain is FLOP-bound. A step is 82k multiply-adds per walker (forward 64x128 + 2 x 128x128,
+the same again backward to the input), 168 MFLOP for 1024 walkers. MKL's six matmuls of that
+step alone took 2.8-3.9 ms (43-61 GFLOP/s); the eager step 6.1 ms; the fused chain's whole
+step (matmuls, activations, noise, update) 3.7-3.8 ms, ~44 GFLOP/s from a register-blocked
+6x16 micro-kernel that peaks at ~63 GFLOP/s alone. So the fused chain removes the eager
+loop's non-matmul half (elementwise passes, autograd, allocation) but cannot go below the
+matmul time: 1.6x and 2.0x at 1024 x 64 in two runs (load 3.2 and 3.0), 2.4x at 256 x 64,
+2.1x at 1024 x 2 (bench/results/mlp_chain-cpu-*.json), not the 3x the issue asked for.
+
+    python -m bench.bench_mlp_chain [--quick] [--device cpu] [--sizes 1024x64x100,...] [--out-json PATH]
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+try:  # run as `python -m bench.bench_mlp_chain` / imported as bench.bench_mlp_chain
+    from . import common
+    from .bench_chain import _ClosedFormOnly, _row
+    from .bench_langevin import _Candidate, _measure_interleaved
+except ImportError:  # run as a file
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench import common
+    from bench.bench_chain import _ClosedFormOnly, _row
+    from bench.bench_langevin import _Candidate, _measure_interleaved
+
+import fastlangevin
+from fastlangevin.energies import MLPEnergy
+
+NAME = "mlp_chain"
+
+STEP_SIZE = 0.01
+DTYPE = torch.float32
+HIDDEN, DEPTH, ACT = 128, 3, "silu"
+# [N walkers, d, steps]
+SIZES: list[tuple[int, int, int]] = [(1024, 64, 100), (256, 64, 100), (1024, 2, 100)]
+QUICK_SIZES: list[tuple[int, int, int]] = [(64, 64, 5)]
+# One chain per call: calibrate_iters' single call is the warm-up, then `repeats` timed calls.
+FULL = dict(warmup=0, target_s=0.0, repeats=5, max_iters=1)
+QUICK = dict(warmup=0, target_s=0.0, repeats=2, max_iters=1)
+
+COLUMNS = [
+    ("size", "N x d x steps"),
+    ("method", "method"),
+    ("time_s", "time (s)", ".3f"),
+    ("ms_per_step", "ms/step", ".3f"),
+    ("mwalker_steps_per_s", "M walker-steps/s", ".3f"),
+    ("vs_eager", "x eager", ".2f"),
+    ("spread_pct", "spread %", ".0f"),
+    ("note", "note"),
+]
+
+
+def eager_chain(energy: torch.nn.Module, x: torch.Tensor, n_steps: int, h: float) -> torch.Tensor:
+    """The trainers' loop: autograd gradient of U, then ULA with torch.randn_like."""
+    s = math.sqrt(2.0 * h)
+    for _ in range(n_steps):
+        xr = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(energy(xr).sum(), xr)
+        x = x - h * g + s * torch.randn_like(x)
+    return x
+
+
+def run(
+    device: str = "cpu",
+    quick: bool = False,
+    *,
+    sizes: Optional[Sequence[Sequence[int]]] = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Time the four methods at every (N, d, steps) size; returns the results payload (name, env,
+    config, backends, not_run, rows as bench_chain's). Methods are timed round-robin."""
+    dev = torch.device(device)
+    not_run: dict[str, str] = {}
+    if dev.type != "cpu":
+        not_run["chain"] = not_run["chain-mala"] = "no GPU MLP chain kernel yet (CPU only)"
+    env = common.env_info(dev)
+    sizes = [tuple(int(v) for v in s) for s in (sizes or (QUICK_SIZES if quick else SIZES))]
+    settings = QUICK if quick else FULL
+    rows: list[dict[str, Any]] = []
+    gen = torch.Generator(device=dev).manual_seed(0)
+    for size in sizes:
+        n, d, steps = size
+        torch.manual_seed(0)
+        energy = MLPEnergy(d, hidden=HIDDEN, depth=DEPTH, act=ACT).to(device=dev, dtype=DTYPE)
+        energy.requires_grad_(False)  # sampling only, as in a trainer's negative phase
+        x0 = torch.rand(n, d, dtype=DTYPE, device=dev, generator=gen)  # digits live in [0, 1]
+        seeds = iter(range(1, 1 << 30))
+        cands = [
+            _Candidate("eager", lambda: eager_chain(energy, x0, steps, STEP_SIZE), settings,
+                       note="autograd + torch.randn_like per step"),
+            _Candidate("sample", lambda: fastlangevin.sample(_ClosedFormOnly(energy), x0, steps, STEP_SIZE,
+                                                              seed=next(seeds)), settings,
+                       note="closed-form grad (torch matmuls) + fused step, per step"),
+        ]
+        if dev.type == "cpu":
+            cands += [
+                _Candidate("chain", lambda: fastlangevin.sample(energy, x0, steps, STEP_SIZE, seed=next(seeds)),
+                           settings, note="one mlp_chain call"),
+                _Candidate("chain-mala", lambda: fastlangevin.sample(energy, x0, steps, STEP_SIZE, seed=next(seeds),
+                                                                      mh=True), settings,
+                           note="one mlp_chain call, MALA"),
+            ]
+        _measure_interleaved(cands, dev)
+        size_rows = [_row(size, c.method, c, c.note) for c in cands]
+        eager_t = size_rows[0]["time_s"]
+        for r in size_rows:
+            if r["time_s"] and eager_t:
+                r["vs_eager"] = eager_t / r["time_s"]
+            rows.append(r)
+            if verbose:
+                t = "-" if r["time_s"] is None else f"{r['time_s']:.3f} s"
+                print(f"  {r['size']:>16}  {r['method']:<11} {t}  {r['note']}", file=sys.stderr, flush=True)
+    return {
+        "name": NAME + ("-quick" if quick else ""),
+        "env": env,
+        "config": {
+            "device": str(dev),
+            "quick": quick,
+            "dtype": str(DTYPE),
+            "step_size": STEP_SIZE,
+            "noise_std": math.sqrt(2 * STEP_SIZE),
+            "energy": f"MLPEnergy(d, hidden={HIDDEN}, depth={DEPTH}, act={ACT!r}), torch.manual_seed(0) init",
+            "sizes": [list(s) for s in sizes],
+            "timing": settings,
+            "timer": common.timer_note(dev),
+        },
+        "backends": fastlangevin.backends(),
+        "not_run": not_run,
+        "rows": rows,
+    }
+
+
+def report(payload: dict[str, Any], file=None) -> str:
+    """Print env info, the results table and the methods not run; returns the table text."""
+    cfg = payload["config"]
+    return common.print_report(payload, f"ULA chains on a digits-sized MLP energy, {cfg['dtype']}",
+                               f"one call = the whole chain; x eager = eager time / method time; {cfg['timer']}",
+                               COLUMNS, file=file)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return common.bench_main(
+        argv, prog="python -m bench.bench_mlp_chain",
+        description="Time whole Langevin chains on a digits-sized MLP energy: eager autograd loop vs sample() "
+                    "vs fused chain.",
+        run=run, report=report, sizes_help="comma-separated NxDxSTEPS sizes, e.g. 1024x64x100",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""fastlangevin.chain.mlp_chain: the fused MLP chain against the reference loop and against the
+step-by-step path of sample() / Walkers (same seed, same noise), opcheck, and bad input."""
+import pytest
+import torch
+
+import fastlangevin as fl
+from fastlangevin.chain import fused_chain_of, mlp_chain
+from fastlangevin.energies import MLPEnergy
+
+from conftest import require
+
+BACKENDS = ["reference", "cpu"]
+
+
+class _StepByStep(torch.nn.Module):
+    """The same energy without mlp_chain_params(): sample() and Walkers take the step-by-step
+    path (closed-form gradients, one langevin_step per step)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def energy_and_grad(self, x):
+        return self.inner.energy_and_grad(x)
+
+
+def _mlp(d, hidden=24, depth=3, act="silu", ref_var=None, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    e = MLPEnergy(d, hidden=hidden, depth=depth, act=act, ref_var=ref_var).to(dtype)
+    with torch.no_grad():  # a landscape with some curvature (nn.Linear's init is nearly linear)
+        for p in e.parameters():
+            p.mul_(2.5)
+    return e
+
+
+def _x0(n, d, dtype, seed=0):
+    return 2 * torch.randn(n, d, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _tol(dtype):
+    return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["ula", "weights", "mh"])
+@pytest.mark.parametrize("act,depth,hidden,d,ref_var", [
+    ("silu", 3, 24, 5, None),      # widths not multiples of the 16 / 8 vector lanes
+    ("softplus", 1, 128, 64, 2.0),  # the digits shape, widest layer
+    ("tanh", 4, 7, 2, 1.0),         # 2-D toy, deepest
+])
+def test_cpu_kernel_equals_reference(dtype, mode, act, depth, hidden, d, ref_var):
+    """83 walkers: several 36-row tiles, a last tile not a multiple of the 6-row micro-kernel."""
+    require("cpu", "cpu")
+    e = _mlp(d, hidden, depth, act, ref_var, dtype)
+    x0 = _x0(83, d, dtype)
+    ws, bs, a, inv_ref = e.mlp_chain_params()
+    kw = dict(inv_ref_var=inv_ref, seed=3, offset=(1 << 64) - 4, mode=mode)  # offsets wrap past 2^64
+    h = 0.5 if mode == "mh" else 0.05  # large enough for MALA to reject some proposals
+    got = mlp_chain(x0, ws, bs, a, 12, h, backend="cpu", **kw)
+    want = mlp_chain(x0, ws, bs, a, 12, h, backend="reference", **kw)
+    torch.testing.assert_close(got.x, want.x, **_tol(dtype))
+    torch.testing.assert_close(got.energy, want.energy, **_tol(dtype))
+    torch.testing.assert_close(got.grad, want.grad, **_tol(dtype))
+    assert torch.equal(got.accepted, want.accepted)
+    if mode == "mh":
+        assert 0 < int(got.accepted.sum()) < 83 * 12  # some proposals rejected, some accepted
+    else:
+        assert torch.equal(got.accepted, torch.full((83,), 12))
+    if mode == "weights":
+        torch.testing.assert_close(got.log_w, want.log_w, rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-9)
+        assert got.log_w.abs().max() > 1e-3  # the weights moved
+    assert torch.equal(x0, _x0(83, d, dtype))  # the inputs are untouched
+    # the final energy and gradient are the energy's own closed form at the final state
+    u, g = e.energy_and_grad(got.x)
+    torch.testing.assert_close(got.energy, u, **_tol(dtype))
+    torch.testing.assert_close(got.grad, g, **_tol(dtype))
+
+
+def test_reference_chain_is_the_autograd_loop():
+    """The oracle against sample() on a plain function of the same MLP (autograd gradients)."""
+    e = _mlp(4, 16, 2, "tanh", 3.0)
+    x0 = _x0(50, 4, torch.float64)
+    fused = fl.sample(e, x0, 15, 0.05, seed=9, backend="reference")
+    loop = fl.sample(lambda x: e(x), x0, 15, 0.05, seed=9, backend="reference")
+    torch.testing.assert_close(fused.x, loop.x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fused.energy, loop.energy, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mh", [False, True])
+def test_sample_fused_equals_step_by_step(backend, dtype, mh):
+    require("cpu", backend)
+    e = _mlp(10, 32, 3, "silu", None, dtype)
+    x0 = _x0(70, 10, dtype)
+    assert fused_chain_of(e, x0) is not None and fused_chain_of(_StepByStep(e), x0) is None
+    h = 0.5 if mh else 0.05
+    fused = fl.sample(e, x0, 20, h, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(_StepByStep(e), x0, 20, h, seed=5, offset=11, mh=mh, backend=backend)
+    if backend == "reference":  # the oracle chain is literally the loop's arithmetic
+        assert torch.equal(fused.x, loop.x)
+    torch.testing.assert_close(fused.x, loop.x, **_tol(dtype))
+    torch.testing.assert_close(fused.energy, loop.energy, **_tol(dtype))
+    if mh:
+        torch.testing.assert_close(fused.acceptance, loop.acceptance, rtol=0, atol=1e-12)
+        assert 0.3 < float(fused.acceptance) < 1.0
+    other = fl.sample(e, x0, 20, h, seed=6, offset=11, mh=mh, backend=backend)
+    assert (other.x - fused.x).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weights,resample", [(False, None), (True, "systematic")])
+def test_walkers_fused_equals_step_by_step(backend, weights, resample):
+    """Walkers.step(n) fused (speculate-and-replay around resampling) against the loop, with a
+    parameter change between calls (the first increment uses the cached old energy)."""
+    require("cpu", backend)
+    e = _mlp(6, 16, 2, "softplus", 2.0)
+    x0 = _x0(96, 6, torch.float64)
+    kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
+    w1, w2 = fl.Walkers(e, x0, 0.3, **kw), fl.Walkers(_StepByStep(e), x0, 0.3, **kw)
+    w1.step(15)
+    w2.step(15)
+    with torch.no_grad():
+        e.net[0].bias.add_(0.2)
+    w1.step(20)
+    w2.step(20)
+    assert w1.steps == w2.steps == 35
+    assert int(w1.n_resampled) == int(w2.n_resampled)
+    if resample is not None:
+        assert int(w1.n_resampled) >= 2
+    for k in ("x", "grad", "energy", "log_weights"):
+        torch.testing.assert_close(getattr(w1, k), getattr(w2, k), rtol=1e-9, atol=1e-9)
+
+
+def test_large_mlp_runs_step_by_step():
+    """hidden > 128 or depth > 4: no fused chain, sample() runs its closed form step by step."""
+    x0 = _x0(8, 3, torch.float64)
+    for e in (_mlp(3, 130, 1), _mlp(3, 8, 5)):
+        assert fused_chain_of(e, x0) is None
+        res = fl.sample(e, x0, 3, 0.01, seed=1)
+        loop = fl.sample(lambda x, e=e: e(x), x0, 3, 0.01, seed=1)
+        torch.testing.assert_close(res.x, loop.x, rtol=1e-10, atol=1e-10)
+    # a shape mismatch (image-shaped walkers) also falls back
+    assert fused_chain_of(_mlp(4, 8, 1), torch.zeros(2, 1, 2, 2, dtype=torch.float64)) is None
+
+
+def test_opcheck():
+    require("cpu", "cpu")
+    from fastlangevin.chain import _register_fakes
+
+    _register_fakes()
+    e = _mlp(5, 9, 2, "tanh", 2.0, torch.float32)
+    ws, bs, _, inv_ref = e.mlp_chain_params()
+    x = _x0(13, 5, torch.float32)
+    u, g = e.energy_and_grad(x)
+    op = torch.ops.fastlangevin.mlp_chain.default
+    acc = torch.zeros(13, dtype=torch.int64)
+    torch.library.opcheck(op, (x.clone(), u.clone(), g.clone(), ws, bs, 2, inv_ref, 3, 0.05, 0.3, 1, 2, 0, None, None,
+                               acc.clone()))
+    lw, steps = torch.zeros(13, dtype=torch.float64), torch.zeros(3, 13, dtype=torch.float64)
+    torch.library.opcheck(op, (x.clone(), u.clone(), g.clone(), ws, bs, 2, inv_ref, 3, 0.05, 0.3, 1, 2, 1, lw, steps,
+                               acc.clone()))
+
+
+def test_mlp_chain_errors():
+    e = _mlp(4, 8, 2, "silu", None, torch.float32)
+    ws, bs, act, _ = e.mlp_chain_params()
+    x = torch.zeros(8, 4)
+    with pytest.raises(ValueError, match=r"mlp_chain: weights\[0\] has shape \[8, 4\], expected \[8, 5\]"):
+        mlp_chain(torch.zeros(8, 5), ws, bs, act, 3, 0.1)
+    with pytest.raises(ValueError, match=r"mlp_chain: biases\[1\] has shape \[3\], expected \[8\]"):
+        mlp_chain(x, ws, [bs[0], bs[1][:3], bs[2]], act, 3, 0.1)
+    with pytest.raises(ValueError, match="mlp_chain: weights must hold 2 to 5 matrices"):
+        mlp_chain(x, ws[:1], bs[:1], act, 3, 0.1)
+    with pytest.raises(ValueError,
+                       match=r"mlp_chain: weights\[0\] has shape \[130, 4\], expected \[H, 4\] with 1 <= H <= 128"):
+        big = _mlp(4, 130, 1, dtype=torch.float32).mlp_chain_params()
+        mlp_chain(x, big[0], big[1], act, 3, 0.1)
+    with pytest.raises(ValueError, match="mlp_chain: act must be one of"):
+        mlp_chain(x, ws, bs, "relu", 3, 0.1)
+    with pytest.raises(ValueError, match="mlp_chain: mode must be one of"):
+        mlp_chain(x, ws, bs, act, 3, 0.1, mode="hmc")
+    with pytest.raises(ValueError, match="mlp_chain: inv_ref_var must be a finite float >= 0"):
+        mlp_chain(x, ws, bs, act, 3, 0.1, inv_ref_var=-1.0)
+    with pytest.raises(TypeError, match="mlp_chain: step_size must be a float"):
+        mlp_chain(x, ws, bs, act, 3, torch.full((8,), 0.1))
+    with pytest.raises(ValueError, match="mlp_chain: noise_std must be finite and > 0"):
+        mlp_chain(x, ws, bs, act, 3, 0.1, 0.0, mode="mh")
+    with pytest.raises(ValueError, match="mlp_chain: give both energy and grad"):
+        mlp_chain(x, ws, bs, act, 3, 0.1, energy=torch.zeros(8))
+    with pytest.raises(TypeError, match="mlp_chain: x must be float32 or float64"):
+        mlp_chain(x.half(), ws, bs, act, 3, 0.1)
+    with pytest.raises(ValueError, match="mlp_chain: log_w and return_log_w_steps belong to mode 'weights'"):
+        mlp_chain(x, ws, bs, act, 3, 0.1, return_log_w_steps=True)
+    if fl.backends()["triton"] is True:
+        with pytest.raises(ValueError, match="mlp_chain: backend 'triton' runs mode 'ula' on float32 walkers only"):
+            mlp_chain(x, ws, bs, act, 3, 0.1, backend="triton", mode="mh")
+    # the C++ op's own guards, for direct callers
+    require("cpu", "cpu")
+    acc = torch.zeros(8, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match=r"mlp_chain: weights\[1\] must be \[8, 8\]"):
+        torch.ops.fastlangevin.mlp_chain(x, torch.zeros(8), x.clone(), [ws[0], ws[0], ws[2]], bs, 0, 0.0, 1, 0.1, 0.1,
+                                         0, 0, 0, None, None, acc)
+
+
+def test_log_w_steps_are_the_per_step_weights():
+    require("cpu", "cpu")
+    e = _mlp(3, 8, 2, "silu")
+    x0 = _x0(40, 3, torch.float64)
+    ws, bs, act, inv_ref = e.mlp_chain_params()
+    for be in BACKENDS:
+        full = mlp_chain(x0, ws, bs, act, 5, 0.05, seed=1, mode="weights", return_log_w_steps=True, backend=be)
+        assert full.log_w_steps.shape == (5, 40)
+        for t in (1, 3):
+            part = mlp_chain(x0, ws, bs, act, t, 0.05, seed=1, mode="weights", backend=be)
+            torch.testing.assert_close(full.log_w_steps[t - 1], part.log_w, rtol=0, atol=1e-12)
+        torch.testing.assert_close(full.log_w_steps[-1], full.log_w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_triton_ula_equals_reference(device):
+    """The Triton kernel (the CPU interpreter here; compiled where a GPU is visible) at tiny
+    sizes: 37 walkers = 3 programs of 16, widths padded to 16, depth 1 / 3 / 4, offsets wrapping
+    past 2^64."""
+    require(device, "triton")
+    for act, depth, hidden, d, ref_var in (("silu", 3, 24, 5, None), ("tanh", 4, 7, 2, 1.0),
+                                           ("softplus", 1, 20, 17, 2.0)):
+        e = _mlp(d, hidden, depth, act, ref_var, torch.float32).to(device)
+        x0 = _x0(37, d, torch.float32).to(device)
+        ws, bs, a, inv_ref = e.mlp_chain_params()
+        kw = dict(inv_ref_var=inv_ref, seed=3, offset=(1 << 64) - 2)
+        got = mlp_chain(x0, ws, bs, a, 4, 0.05, backend="triton", **kw)
+        want = mlp_chain(x0, ws, bs, a, 4, 0.05, backend="reference", **kw)
+        for k in ("x", "energy", "grad"):
+            torch.testing.assert_close(getattr(got, k), getattr(want, k), rtol=1e-4, atol=1e-4)
+        assert torch.equal(got.accepted.cpu(), torch.full((37,), 4))
