@@ -81,17 +81,23 @@ def table(rows: list[dict]) -> str:
     for data in dict.fromkeys(r["data"] for r in rows if r["data"] != "gmm"):
         sub = [r for r in rows if r["data"] == data]
         has_ll = any("test_ll" in r for r in sub)
+        has_grid = any("tv" in r for r in sub)
         if lines:
             lines.append("")
         head = f"| {data} | MMD^2 to test |"
         if has_ll:
             head += " AIS test log-lik. (nats/example) | diagonal Gaussian |"
-        lines += [head + " iterations | train s |", "|---" * (head.count("|") + 1) + "|"]
+        if has_grid:
+            head += " KL(data \\|\\| model), grid | TV, grid |"
+        n_cols = head.count("|") - head.count("\\|") + 1  # escaped pipes are text, not separators
+        lines += [head + " iterations | train s |", "|---" * n_cols + "|"]
         for r in sub:
             line = f"| {r['method']} | {r['mmd']:.4f} |"
             if has_ll:
                 ll = f"{r['test_ll']:.2f} ± {r['test_ll_se']:.2f}" if "test_ll" in r else ""
                 line += f" {ll} | {_fmt(r.get('diag_gaussian_test_ll'), '.2f')} |"
+            if has_grid:
+                line += f" {_fmt(r.get('kl'))} | {_fmt(r.get('tv'))} |"
             lines.append(line + f" {r['iters']} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
 
