@@ -229,3 +229,31 @@ def test_compare_at_equal_budget(tmp_path, capsys):
         assert 1 <= r["iters"] < 1_000_000 and r["train_seconds"] >= 2.0 and r["mmd"] >= -0.01
         assert f"| {r['method']} | {r['mmd']:.4f} | {r['iters']} |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "table.md").read_text() in capsys.readouterr().out
+
+
+def test_real_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path):
+    """SIGINT to a running `python -m train` process: it finishes the iteration in progress,
+    writes a checkpoint, exits 130, and --resume continues from there."""
+    import os
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "train", "pcd", "--data", "8gaussians", "--n-train", "200", "--iters", "100000",
+            "--neg-batch", "32", "--batch", "32", "--log-every", "1", "--no-progress", "--no-pictures",
+            "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jsonl = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    it = torch.load(tmp_path / harness.CHECKPOINT, weights_only=False)["iter"]
+    assert it >= 5 and "continue with --resume" in err
+    logged = [json.loads(l)["iter"] for l in jsonl.read_text().splitlines()]
+    assert logged == list(range(it))  # every completed iteration logged, none past the checkpoint
+    more = [a if a != "100000" else str(it + 3) for a in args[3:]]
+    assert _run(more + ["--resume"]) == 0
+    assert _metrics(tmp_path)["iters"] == it + 3

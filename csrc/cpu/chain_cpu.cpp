@@ -103,27 +103,6 @@ FL_HD T mixture_eval(const T* __restrict__ v, const ChainArgs<T>& c, T* __restri
   return -(qmax + std::log(sum));
 }
 
-// sum_j increment_term(x_j, y_j, gx_j, gy_j) in float64 (csrc/log_ratio.h).
-template <typename T>
-FL_HD double increment_sum(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ gx,
-                           const T* __restrict__ gy, int64_t d, const RatioCoef& rc) {
-  double part[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= d; j += 8) {
-    FL_UNROLL
-    for (int l = 0; l < 8; ++l)
-      part[l] += increment_term(static_cast<double>(x[j + l]), static_cast<double>(y[j + l]),
-                                static_cast<double>(gx[j + l]), static_cast<double>(gy[j + l]), rc);
-  }
-  double acc = 0.0;
-  for (; j < d; ++j)
-    acc += increment_term(static_cast<double>(x[j]), static_cast<double>(y[j]), static_cast<double>(gx[j]),
-                          static_cast<double>(gy[j]), rc);
-  FL_UNROLL
-  for (int l = 0; l < 8; ++l) acc += part[l];
-  return acc;
-}
-
 template <typename T>
 struct TileBuffers {
   std::vector<T> x, g, y, gy, noise, q, u;
