@@ -227,7 +227,8 @@ def test_compare_at_equal_budget(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["pcd", "jarzynski"]
     for r in rows:
         assert 1 <= r["iters"] < 1_000_000 and r["train_seconds"] >= 2.0 and r["mmd"] >= -0.01
-        assert f"| {r['method']} | {r['mmd']:.4f} | {r['iters']} |" in (tmp_path / "table.md").read_text()
+        row = f"| {r['method']} | {r['mmd']:.4f} | {r['kl']:.3f} | {r['tv']:.3f} | {r['iters']} |"
+        assert row in (tmp_path / "table.md").read_text()
     assert (tmp_path / "table.md").read_text() in capsys.readouterr().out
 
 
