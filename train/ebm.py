@@ -35,13 +35,16 @@ Presets (``--preset``), per data kind; each differing default is marked below:
       from the initial student. paper vs code: only the resampling trigger (above).
   toy2d / image: an MLP (or conv) EBM with a Gaussian reference term |x|^2 / (2 ref_var) so that
       e^{-U} is normalisable (AIS log-likelihoods need it), Adam with betas (0, 0.999) as in the
-      official MNIST/CIFAR code, an L2 penalty 0.01 (U^2 on data and walkers, as there).
+      official MNIST/CIFAR code; toy2d: an L2 penalty 0.01 (U^2 on data and walkers, as there);
+      image: none (the reference term bounds the energies), whitened pixel coordinates, lr 1e-4
+      and 10 Langevin steps per update (see EBMTrainer.__init__ and preset()).
       paper: noise sqrt(2h) and the weight formula with it. code: the official image code's
       decoupled noise (1% of sqrt(2h), see CODE_NOISE_FRACTION) with the weight formula corrected for
       the true kernel variance (Walkers uses s^2 in alpha; the official code kept 4h, PAPERS.md
       section 1.7), and its ESS trigger (std(w / mean w) > 1.5, i.e. ESS < N / (1 + 1.5^2)).
-      pcd: a replay buffer (10x the batch), 5% re-initialised from uniform noise in the data box,
-      K steps clamped to the box (Du & Mordatch); cd: K steps from a fresh data batch.
+      pcd: a replay buffer (images 10x the batch, toys 4x), 5% re-initialised from noise (toys:
+      uniform in the data box; whitened images: the reference N(0, I)), K steps clamped to the box
+      (Du & Mordatch); cd: K steps from a fresh data batch.
 """
 from __future__ import annotations
 
