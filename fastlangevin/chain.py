@@ -81,6 +81,42 @@ def _check_scalar(op: str, name: str, v, allow_zero: bool) -> float:
     return v
 
 
+def _check_run(op: str, n_steps, mode: str, step_size, noise_std, seed, offset) -> tuple:
+    """The run arguments every chain op shares: (a, s, seed, offset), s = sqrt(2a) by default."""
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
+    if mode not in MODES:
+        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
+    a = _check_scalar(op, "step_size", step_size, allow_zero=False)
+    s = math.sqrt(2.0 * a) if noise_std is None else _check_scalar(op, "noise_std", noise_std, allow_zero=mode == "ula")
+    return a, s, check_u64(op, "seed", seed), check_u64(op, "offset", offset)
+
+
+def _check_state(op: str, x, energy, grad, energy_fn, mode: str, log_w, return_log_w_steps: bool) -> tuple:
+    """The chain's starting state: (energy [N], grad [N, d]) as given (a Walkers' cache) or
+    energy_fn(x) when neither is; log_w [N] float64 (zeros by default) for mode "weights"."""
+    n = x.shape[0]
+    if (energy is None) != (grad is None):
+        raise ValueError(f"{op}: give both energy and grad (the state's cached values) or neither")
+    if energy is None:
+        energy, grad = energy_fn(x.detach())
+    else:
+        check_float_tensor(op, "energy", energy)
+        check_float_tensor(op, "grad", grad)
+        if energy.shape != (n,):
+            raise ValueError(f"{op}: energy has shape {_shape(energy)}, expected [{n}]")
+        if grad.shape != x.shape:
+            raise ValueError(f"{op}: grad has shape {_shape(grad)}, x has {_shape(x)}")
+    if mode == "weights":
+        if log_w is None:
+            log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
+        elif not torch.is_tensor(log_w) or log_w.shape != (n,):
+            raise ValueError(f"{op}: log_w must be a tensor of shape [{n}]")
+    elif log_w is not None or return_log_w_steps:
+        raise ValueError(f"{op}: log_w and return_log_w_steps belong to mode 'weights', got mode {mode!r}")
+    return energy, grad, log_w
+
+
 def mixture_chain(
     x: torch.Tensor,
     means: torch.Tensor,
@@ -139,42 +175,18 @@ def mixture_chain(
         raise ValueError(f"{op}: inv_var has shape {_shape(inv_var)}, expected [{k}, {d}]")
     if log_coef.shape != (k,):
         raise ValueError(f"{op}: log_coef has shape {_shape(log_coef)}, expected [{k}]")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
-    if mode not in MODES:
-        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
-    a = _check_scalar(op, "step_size", step_size, allow_zero=False)
-    s = math.sqrt(2.0 * a) if noise_std is None else _check_scalar(op, "noise_std", noise_std, allow_zero=mode == "ula")
-    seed = check_u64(op, "seed", seed)
-    offset = check_u64(op, "offset", offset)
+    a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
     if be not in CHAIN_BACKENDS:
         raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {CHAIN_BACKENDS}); "
                          "sample() and Walkers fall back to the step-by-step loop there")
     means, inv_var, log_coef = (t.detach().to(x.dtype).contiguous() for t in (means, inv_var, log_coef))
-    if (energy is None) != (grad is None):
-        raise ValueError(f"{op}: give both energy and grad (the state's cached values) or neither")
-    if energy is None:
-        energy, grad = reference.mixture_energy_ref(x, means, inv_var, log_coef)
-    else:
-        check_float_tensor(op, "energy", energy)
-        check_float_tensor(op, "grad", grad)
-        if energy.shape != (n,):
-            raise ValueError(f"{op}: energy has shape {_shape(energy)}, expected [{n}]")
-        if grad.shape != x.shape:
-            raise ValueError(f"{op}: grad has shape {_shape(grad)}, x has {_shape(x)}")
-    if mode == "weights":
-        if log_w is None:
-            log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
-        elif not torch.is_tensor(log_w) or log_w.shape != (n,):
-            raise ValueError(f"{op}: log_w must be a tensor of shape [{n}]")
-    elif log_w is not None or return_log_w_steps:
-        raise ValueError(f"{op}: log_w and return_log_w_steps belong to mode 'weights', got mode {mode!r}")
+    energy_fn = lambda y: reference.mixture_energy_ref(y, means, inv_var, log_coef)  # noqa: E731
+    energy, grad, log_w = _check_state(op, x, energy, grad, energy_fn, mode, log_w, return_log_w_steps)
 
     if be == "reference":
         if return_log_w_steps:
-            return _reference_with_steps(x, energy, grad, means, inv_var, log_coef, n_steps, a, s, seed, offset,
-                                         log_w)
+            return _loop_with_steps(energy_fn, x.detach(), energy, grad, n_steps, a, s, seed, offset, log_w, op)
         xo, uo, go, lw, acc = reference.mixture_chain_ref(
             x.detach(), energy.detach().to(x.dtype), grad.detach().to(x.dtype), means, inv_var, log_coef, n_steps, a,
             s, seed=seed, offset=offset, mode=mode, log_w=None if log_w is None else log_w.to(torch.float64))
@@ -190,21 +202,6 @@ def mixture_chain(
     torch.ops.fastlangevin.mixture_chain(xo, uo, go, means, inv_var, log_coef, n_steps, a, s, _as_i64(seed),
                                          _as_i64(offset), MODES.index(mode), lw, steps, acc)
     return ChainResult(xo, uo, go, lw, acc, steps)
-
-
-def _reference_with_steps(x, energy, grad, means, inv_var, log_coef, n_steps, a, s, seed, offset, log_w):
-    """The reference chain one step at a time, keeping log_w after each step."""
-    rows = []
-    u, g, lw = energy.to(x.dtype), grad.to(x.dtype), log_w.to(torch.float64)
-    acc = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-    mask = (1 << 64) - 1
-    for k in range(n_steps):
-        x, u, g, lw, _ = reference.mixture_chain_ref(x, u, g, means, inv_var, log_coef, 1, a, s, seed=seed,
-                                                     offset=(offset + k) & mask, mode="weights", log_w=lw)
-        rows.append(lw)
-        acc += 1
-    steps = torch.stack(rows) if rows else torch.empty(0, x.shape[0], dtype=torch.float64, device=x.device)
-    return ChainResult(x, u, g, lw, acc, steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,14 +325,7 @@ def mlp_chain(
             not (math.isfinite(inv_ref_var) and inv_ref_var >= 0):
         raise ValueError(f"{op}: inv_ref_var must be a finite float >= 0, got {inv_ref_var!r}")
     inv_ref_var = float(inv_ref_var)
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
-    if mode not in MODES:
-        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
-    a = _check_scalar(op, "step_size", step_size, allow_zero=False)
-    s = math.sqrt(2.0 * a) if noise_std is None else _check_scalar(op, "noise_std", noise_std, allow_zero=mode == "ula")
-    seed = check_u64(op, "seed", seed)
-    offset = check_u64(op, "offset", offset)
+    a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
     if be == "triton":
         if mode != "ula" or x.dtype != torch.float32:
@@ -346,29 +336,12 @@ def mlp_chain(
                          "sample() and Walkers fall back to the step-by-step loop there")
     weights = [w.detach().to(x.dtype).contiguous() for w in weights]
     biases = [b.detach().to(x.dtype).contiguous() for b in biases]
-    if (energy is None) != (grad is None):
-        raise ValueError(f"{op}: give both energy and grad (the state's cached values) or neither")
-    if energy is None:
-        energy, grad = reference.mlp_energy_ref(x.detach(), weights, biases, act, inv_ref_var)
-    else:
-        check_float_tensor(op, "energy", energy)
-        check_float_tensor(op, "grad", grad)
-        if energy.shape != (n,):
-            raise ValueError(f"{op}: energy has shape {_shape(energy)}, expected [{n}]")
-        if grad.shape != x.shape:
-            raise ValueError(f"{op}: grad has shape {_shape(grad)}, x has {_shape(x)}")
-    if mode == "weights":
-        if log_w is None:
-            log_w = torch.zeros(n, dtype=torch.float64, device=x.device)
-        elif not torch.is_tensor(log_w) or log_w.shape != (n,):
-            raise ValueError(f"{op}: log_w must be a tensor of shape [{n}]")
-    elif log_w is not None or return_log_w_steps:
-        raise ValueError(f"{op}: log_w and return_log_w_steps belong to mode 'weights', got mode {mode!r}")
+    energy_fn = lambda y: reference.mlp_energy_ref(y, weights, biases, act, inv_ref_var)  # noqa: E731
+    energy, grad, log_w = _check_state(op, x, energy, grad, energy_fn, mode, log_w, return_log_w_steps)
 
     if be == "reference":
-        energy_fn = lambda y: reference.mlp_energy_ref(y, weights, biases, act, inv_ref_var)  # noqa: E731
         if return_log_w_steps:
-            return _loop_with_steps(energy_fn, x.detach(), energy, grad, n_steps, a, s, seed, offset, log_w)
+            return _loop_with_steps(energy_fn, x.detach(), energy, grad, n_steps, a, s, seed, offset, log_w, op)
         xo, uo, go, lw, acc = reference.mlp_chain_ref(
             x.detach(), energy.detach().to(x.dtype), grad.detach().to(x.dtype), weights, biases, act, inv_ref_var,
             n_steps, a, s, seed=seed, offset=offset, mode=mode,
@@ -392,7 +365,7 @@ def mlp_chain(
     return ChainResult(xo, uo, go, lw, acc, steps)
 
 
-def _loop_with_steps(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, log_w):
+def _loop_with_steps(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, log_w, op):
     """The reference loop of energy_fn one step at a time (mode "weights"), keeping log_w after
     each step."""
     rows = []
@@ -400,7 +373,7 @@ def _loop_with_steps(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, lo
     mask = (1 << 64) - 1
     for k in range(n_steps):
         x, u, g, lw, _ = reference._chain_loop_ref(energy_fn, x, u, g, 1, a, s, seed=seed, offset=(offset + k) & mask,
-                                                   mode="weights", log_w=lw, op="mlp_chain")
+                                                   mode="weights", log_w=lw, op=op)
         rows.append(lw)
     steps = torch.stack(rows) if rows else torch.empty(0, x.shape[0], dtype=torch.float64, device=x.device)
     acc = torch.full((x.shape[0],), n_steps, dtype=torch.int64, device=x.device)

@@ -352,35 +352,11 @@ def mixture_chain_ref(
     possibly from other parameters). Returns (x, energy, grad, log_w float64 [N] or None,
     accepted int64 [N]: accepted proposals per walker (n_steps for ula/weights)).
     """
-    if mode not in CHAIN_MODES:
-        raise ValueError(f"mixture_chain_ref: mode must be one of {CHAIN_MODES}, got {mode!r}")
-    s = noise_std if noise_std is not None else (2.0 * step_size) ** 0.5
-    n = x.shape[0]
-    accepted = torch.zeros(n, dtype=torch.int64, device=x.device)
-    if mode == "weights":
-        log_w = torch.zeros(n, dtype=torch.float64, device=x.device) if log_w is None else log_w.clone()
-    mask = (1 << 64) - 1
-    for k in range(n_steps):
-        off = (offset + k) & mask
-        y = langevin_step_ref(x, grad, step_size, s, seed=seed, offset=off)
-        u_y, g_y = mixture_energy_ref(y, means, inv_var, log_coef)
-        if mode == "ula":
-            x, energy, grad = y, u_y, g_y
-            accepted += 1
-            continue
-        inc = jarzynski_increment_ref(x, grad, energy, y, g_y, u_y, step_size, s)
-        if mode == "weights":
-            log_w = log_w + inc
-            x, energy, grad = y, u_y, g_y
-            accepted += 1
-        else:
-            u = uniforms_ref(n, seed, MH_STREAM | (off & (MH_STREAM - 1)), device=x.device)
-            acc = torch.log(u) < inc
-            x = torch.where(acc[:, None], y, x)
-            grad = torch.where(acc[:, None], g_y, grad)
-            energy = torch.where(acc, u_y, energy)
-            accepted += acc.to(torch.int64)
-    return x, energy, grad, log_w, accepted
+    def energy_fn(y):
+        return mixture_energy_ref(y, means, inv_var, log_coef)
+
+    return _chain_loop_ref(energy_fn, x, energy, grad, n_steps, step_size, noise_std, seed=seed, offset=offset,
+                           mode=mode, log_w=log_w, op="mixture_chain_ref")
 
 
 # --------------------------------------------------------------------------------------------
