@@ -110,6 +110,21 @@ def _row(size, method, c: Optional[_Candidate], note: str = "") -> dict[str, Any
     }
 
 
+def measure_rows(cands: list, size, dev: torch.device, verbose: bool) -> list[dict[str, Any]]:
+    """Time the candidates interleaved and return their rows, each with its ratio to the first
+    (the eager loop) as vs_eager; shared by the chain benchmarks."""
+    _measure_interleaved(cands, dev)
+    size_rows = [_row(size, c.method, c, c.note) for c in cands]
+    eager_t = size_rows[0]["time_s"]
+    for r in size_rows:
+        if r["time_s"] and eager_t:
+            r["vs_eager"] = eager_t / r["time_s"]
+        if verbose:
+            t = "-" if r["time_s"] is None else f"{r['time_s']:.3f} s"
+            print(f"  {r['size']:>16}  {r['method']:<11} {t}  {r['note']}", file=sys.stderr, flush=True)
+    return size_rows
+
+
 def run(
     device: str = "cpu",
     quick: bool = False,
@@ -155,16 +170,7 @@ def run(
                                                                       mh=True), settings,
                            note="one mixture_chain call, MALA"),
             ]
-        _measure_interleaved(cands, dev)
-        size_rows = [_row(size, c.method, c, c.note) for c in cands]
-        eager_t = size_rows[0]["time_s"]
-        for r in size_rows:
-            if r["time_s"] and eager_t:
-                r["vs_eager"] = eager_t / r["time_s"]
-            rows.append(r)
-            if verbose:
-                t = "-" if r["time_s"] is None else f"{r['time_s']:.3f} s"
-                print(f"  {r['size']:>16}  {r['method']:<11} {t}  {r['note']}", file=sys.stderr, flush=True)
+        rows += measure_rows(cands, size, dev, verbose)
     return {
         "name": NAME + ("-quick" if quick else ""),
         "env": env,

@@ -40,13 +40,13 @@ import torch
 
 try:  # run as `python -m bench.bench_mlp_chain` / imported as bench.bench_mlp_chain
     from . import common
-    from .bench_chain import _ClosedFormOnly, _row
-    from .bench_langevin import _Candidate, _measure_interleaved
+    from .bench_chain import _ClosedFormOnly, measure_rows
+    from .bench_langevin import _Candidate
 except ImportError:  # run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import common
-    from bench.bench_chain import _ClosedFormOnly, _row
-    from bench.bench_langevin import _Candidate, _measure_interleaved
+    from bench.bench_chain import _ClosedFormOnly, measure_rows
+    from bench.bench_langevin import _Candidate
 
 import fastlangevin
 from fastlangevin.energies import MLPEnergy
@@ -125,16 +125,7 @@ def run(
                                                                       mh=True), settings,
                            note="one mlp_chain call, MALA"),
             ]
-        _measure_interleaved(cands, dev)
-        size_rows = [_row(size, c.method, c, c.note) for c in cands]
-        eager_t = size_rows[0]["time_s"]
-        for r in size_rows:
-            if r["time_s"] and eager_t:
-                r["vs_eager"] = eager_t / r["time_s"]
-            rows.append(r)
-            if verbose:
-                t = "-" if r["time_s"] is None else f"{r['time_s']:.3f} s"
-                print(f"  {r['size']:>16}  {r['method']:<11} {t}  {r['note']}", file=sys.stderr, flush=True)
+        rows += measure_rows(cands, size, dev, verbose)
     return {
         "name": NAME + ("-quick" if quick else ""),
         "env": env,
