@@ -166,7 +166,8 @@ class TeachingTrainer:
         self.gen = torch.Generator().manual_seed(args.seed)
         kw = {"hidden": s.hidden} if s.hidden is not None and s.model == "mlp" else {}
         net = build_energy(s.model, data, **kw)
-        last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        # the output layer: a Linear for the MLP / conv EBMs, the Nijkamp net's final 4x4 conv
+        last = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
         with torch.no_grad():  # start at the reference N(0, ref_var I) (images: the diagonal Gaussian)
             last.weight.mul_(0.1 if not self.whiten else 0.0)
             last.bias.zero_()
@@ -214,7 +215,7 @@ class TeachingTrainer:
         """The generator's output in model coordinates (whitened for images)."""
         x = self.generator(z)
         if self.whiten and getattr(self.generator, "pixel_space", False):
-            x = (x.reshape(x.shape[0], -1) - self.shift) / self.scale
+            x = (x.reshape(z.shape[0], *self.data.shape) - self.shift) / self.scale  # shift, scale [*shape]
         return x.reshape(z.shape[0], *self.data.shape)
 
     def to_data_space(self, y: torch.Tensor) -> torch.Tensor:
