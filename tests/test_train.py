@@ -258,3 +258,22 @@ def test_real_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path):
     more = [a if a != "100000" else str(it + 3) for a in args[3:]]
     assert _run(more + ["--resume"]) == 0
     assert _metrics(tmp_path)["iters"] == it + 3
+
+
+def test_compare_teaching_table(tmp_path, capsys):
+    """--teaching tabulates each teaching run's initialiser MMD^2 next to its refined samples'
+    (finished runs in --out are reused, so tiny real runs stand in for the default ones)."""
+    for method in ("coopvae", "dualmcmc"):
+        extra = ["--k-z", "2"] if method == "dualmcmc" else []
+        assert _run([method, "--data", "8gaussians", "--n-train", "300", "--iters", "5", "--batch", "32", "--k-x", "3",
+                     "--eval-n", "100", *extra, "--no-progress", "--no-pictures",
+                     "--out", tmp_path / f"8gaussians-{method}"]) == 0
+    assert _run(["compare", "--teaching", "--data", "8gaussians", "--no-progress", "--out", tmp_path]) == 0
+    text = (tmp_path / "table.md").read_text()
+    assert text in capsys.readouterr().out
+    assert "initialiser's MMD^2 | EBM samples' MMD^2 |" in text
+    for method in ("coopvae", "dualmcmc"):
+        m = _metrics(tmp_path / f"8gaussians-{method}")
+        assert f"| {method} | {m['mmd_init']:.5f} | {m['mmd_refined']:.5f} | {m['kl']:.3f} | {m['tv']:.3f} | 5 |" in text
+    with pytest.raises(SystemExit, match="two different tables"):
+        _run(["compare", "--teaching", "--budget", "1", "--out", tmp_path])
