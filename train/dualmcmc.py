@@ -71,7 +71,11 @@ class DualMCMCTrainer(teaching.TeachingTrainer):
     @classmethod
     def preset(cls, kind: str, preset_name: str) -> Settings:
         if kind == "toy2d":
-            s = Settings(iters=1000, latent=2, batch=256, k_x=30, step_x=0.002, ref_var=16.0, lr_ebm=3e-3,
+            # 4000 iterations: at 1000 (the earlier default) the refined samples on rings were no
+            # closer to the data than the generator's (MMD^2 0.0056 vs 0.0060); by 4000 they were at
+            # every bandwidth tried (0.0067 -> 0.0059 median bandwidth, 0.0084 -> 0.0018 at 0.1-0.4;
+            # seed 0; about 6.5 min on the idle 2-core CPU)
+            s = Settings(iters=4000, latent=2, batch=256, k_x=30, step_x=0.002, ref_var=16.0, lr_ebm=3e-3,
                          lr_gen=1e-3, lr_inf=1e-3, sigma=0.1, eval_n=2000)
         else:  # image (digits; whitened coordinates)
             s = Settings(iters=800, latent=16, hidden=128, gen_hidden=256, batch=250, k_x=20, step_x=0.01, ref_var=1.0,
