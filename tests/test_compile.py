@@ -80,7 +80,7 @@ def test_walkers_step_fullgraph():
     """autograd.grad of the energy inside the compiled function needs Dynamo's
     trace_autograd_ops (off by default in torch 2.14); with it the whole step is one graph.
     aot_eager: the fake kernels and the functionalisation of the mutating op are what is under
-    test here (Inductor's C++ compile was covered above and costs ~10 s per function)."""
+    test here (Inductor was covered above; its C++ compile costs 20-30 s per function on the 2-core CI box)."""
     require("cpu", "cpu")
     torch._dynamo.reset()
     energy = _Energy()

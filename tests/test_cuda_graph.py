@@ -12,8 +12,6 @@ Three layers, so that most of it runs on a machine without a GPU:
   normals on the cpu backend (its C++ normals vs the reference's) -- CPU;
 - real capture and replay on a GPU (`cuda` marker: skipped without one).
 """
-import math
-
 import pytest
 import torch
 
@@ -24,7 +22,6 @@ from fastlangevin.walkers import MH_STREAM, RESAMPLE_STREAM
 
 from conftest import require
 
-HAS_CUDA = torch.cuda.is_available()
 U64 = (1 << 64) - 1
 
 
@@ -409,5 +406,6 @@ def test_walkers_graph_non_finite_gpu():
                    check_every=4)
     w.step(2)  # steps 0, 1: finite, and no check yet
     w.x[0, 0] = 2e3  # walker 0's next proposal lands where the energy is NaN
-    with pytest.raises(fl.NonFiniteError, match=r"Walkers: energy or gradient became non-finite at step 2 for 1 walker"):
+    msg = r"Walkers: energy or gradient became non-finite at step 2 for 1 walker"
+    with pytest.raises(fl.NonFiniteError, match=msg):
         w.step(2)  # steps 2, 3: crosses check_every = 4
