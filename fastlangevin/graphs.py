@@ -47,8 +47,12 @@ that, and make the ``cuda`` backend's replay bit-identical too.
 
 What the graph bakes in
 -----------------------
-Addresses, shapes, dtypes and Python scalars: the energy's parameters and buffers are read
-where they were at capture, so update them in place (optimizer steps do); a graph is
+The energy must be capturable: no host synchronisation (.item(), bool() of a tensor, printing
+values), no host-to-device copies of new data, no data-dependent shapes (nonzero, boolean
+masking), as for any CUDA graph; PyTorch raises during the capture otherwise, and nothing is
+cached. The graph bakes in addresses, shapes, dtypes and Python scalars: the energy's
+parameters and buffers are read where they were at capture, so update them in place (optimizer
+steps do); a graph is
 re-captured when an nn.Module energy's parameter or buffer addresses or training flag change,
 but a plain function's closed-over tensors cannot be watched: replace them in place, or call
 ``clear_cache()``. The warm-up runs the energy once more per step of the loop at capture time

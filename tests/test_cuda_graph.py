@@ -341,11 +341,15 @@ GPU_CASES = [
 @pytest.mark.parametrize("backend,exact", GPU_CASES)
 @pytest.mark.parametrize("mh", [False, True], ids=["ula", "mala"])
 @pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
-def test_sample_graph_equals_eager_gpu(backend, exact, mh, conv):
+def test_sample_graph_equals_eager_gpu(backend, exact, mh, conv, monkeypatch):
     """sample(..., cuda_graph=True) on an nn.Module energy (MLP on [64, 3] or conv net on
     [32, 1, 8, 8]), 20 steps: three calls (two offsets, a new x0) replay one graph and each
-    equals the eager loop at the same (seed, offset)."""
+    equals the eager loop at the same (seed, offset). cuDNN is made deterministic: some of its
+    backward-data algorithms accumulate with atomics, which would differ run to run, graph or
+    not."""
     require("cuda", backend)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     dev = torch.device("cuda")
     graphs.clear_cache()
     energy = (ConvEnergy() if conv else MLPEnergy(3)).to(dev)
