@@ -13,14 +13,26 @@ import torch
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 
-@functools.lru_cache(maxsize=None)
+# The fake (meta) registrars of the op modules (register_fakes_once). They run right after the
+# extension loads (or at their definition, if it already has), never lazily inside an op call:
+# torch.compile traces op calls, and Dynamo refuses to trace torch.library.register_fake.
+_REGISTRARS: list = []
+_EXT_STATE: list = []  # [(loaded, reason)] once the load was tried
+
+
 def _extension() -> tuple[bool, str]:
-    """(loaded, reason): load fastlangevin._C once, which registers torch.ops.fastlangevin.*."""
-    try:
-        from . import _C  # noqa: F401  (registration happens on load)
-    except ImportError as e:
-        return False, f"the C++ extension fastlangevin._C is not built or failed to load ({e})"
-    return True, ""
+    """(loaded, reason): load fastlangevin._C once, which registers torch.ops.fastlangevin.*,
+    then register every op module's fake kernels."""
+    if not _EXT_STATE:
+        try:
+            from . import _C  # noqa: F401  (registration happens on load)
+            _EXT_STATE.append((True, ""))
+        except ImportError as e:
+            _EXT_STATE.append((False, f"the C++ extension fastlangevin._C is not built or failed to load ({e})"))
+        if _EXT_STATE[0][0]:
+            for registrar in _REGISTRARS:
+                registrar()
+    return _EXT_STATE[0]
 
 
 def extension_loaded() -> bool:
@@ -30,7 +42,8 @@ def extension_loaded() -> bool:
 def register_fakes_once(fn):
     """Decorator for a function that registers fake (meta) kernels of C++ ops with
     torch.library.register_fake: it runs once, and only when the extension (which defines the
-    ops) is loaded. Each op module calls its registrar before its first call into the C++ op."""
+    ops) is loaded: when the extension loads, or at once if it already has. Each op module also
+    calls its registrar before its first call into the C++ op (a no-op by then)."""
     done = False
 
     @functools.wraps(fn)
@@ -41,6 +54,9 @@ def register_fakes_once(fn):
         done = True
         fn()
 
+    _REGISTRARS.append(wrapper)
+    if _EXT_STATE and _EXT_STATE[0][0]:
+        wrapper()
     return wrapper
 
 
@@ -93,9 +109,17 @@ def _backends_cached(interpret: bool) -> tuple:
     return tuple(out.items())
 
 
+# A constant for torch.compile (evaluated, not traced): the answer depends only on the build, the
+# visible GPU and TRITON_INTERPRET, none of which changes inside a compiled function.
+@torch.compiler.assume_constant_result
+def _status(name: str, interpret: bool):
+    """True, or why backend `name` is unavailable."""
+    return dict(_backends_cached(interpret))[name]
+
+
 def _available(name: str, device: torch.device) -> str | None:
     """None if `name` can run on tensors of `device`, else the reason it cannot."""
-    status = dict(_backends_cached(triton_interpret()))[name]
+    status = _status(name, triton_interpret())
     if status is not True:
         return status
     if name == "cpu" and device.type != "cpu":

@@ -76,7 +76,7 @@ def check_like(op: str, name: str, t, x: torch.Tensor, x_name: str = "x") -> tor
 def check_positive(op: str, name: str, v, x: torch.Tensor, allow_zero: bool = False):
     """A step size or noise std: a finite float (> 0, or >= 0 with allow_zero) or a per-walker
     tensor [N] on x's device. Values of a CPU tensor are checked; values of a GPU tensor are not
-    (that would need a device sync)."""
+    (that would need a device sync), nor are they inside torch.compile (a graph break)."""
     rel = ">= 0" if allow_zero else "> 0"
     if torch.is_tensor(v):
         check_float_tensor(op, name, v)
@@ -86,7 +86,7 @@ def check_positive(op: str, name: str, v, x: torch.Tensor, allow_zero: bool = Fa
             v = v.reshape(1).expand(x.shape[0])
         if v.shape != (x.shape[0],):
             raise ValueError(f"{op}: {name} must be a float or a per-walker tensor [{x.shape[0]}], got shape {_shape(v)}")
-        if v.device.type == "cpu":
+        if v.device.type == "cpu" and not torch.compiler.is_compiling():
             bad = ~torch.isfinite(v) | ((v < 0) if allow_zero else (v <= 0))
             if bool(bad.any()):
                 raise ValueError(f"{op}: {name} must be finite and {rel}; {int(bad.sum())} of {v.numel()} entries are not")

@@ -62,12 +62,17 @@ def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 def philox_ref(counter: torch.Tensor, seed: int) -> torch.Tensor:
     """Philox4x32-10 of each row of ``counter`` ([n, 4] int64 words) under the 64-bit ``seed``.
 
-    Returns [n, 4] int64 words in [0, 2**32).
+    Returns [n, 4] int64 words in [0, 2**32). ``seed`` may also be a 0-d int64 tensor on
+    counter's device (the 64-bit word in two's complement): the key words are then computed on
+    the device, as CUDA-graph replay needs (fastlangevin.graphs).
     """
-    seed = int(seed) & ((1 << 64) - 1)
+    if torch.is_tensor(seed):
+        k0, k1 = seed & MASK32, (seed >> 32) & MASK32  # >> is arithmetic on int64: mask it
+    else:
+        seed = int(seed) & ((1 << 64) - 1)
+        k0, k1 = seed & MASK32, seed >> 32
     c = counter.to(torch.int64) & MASK32
     c0, c1, c2, c3 = c.unbind(-1)
-    k0, k1 = seed & MASK32, seed >> 32
     for r in range(PHILOX_ROUNDS):
         if r > 0:
             k0 = (k0 + PHILOX_W0) & MASK32
@@ -79,14 +84,16 @@ def philox_ref(counter: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def stream_counters(n_blocks: int, offset: int, device=None) -> torch.Tensor:
-    """The [n_blocks, 4] counters of blocks 0 .. n_blocks - 1 of a stream at ``offset``."""
-    offset = int(offset) & ((1 << 64) - 1)
+    """The [n_blocks, 4] counters of blocks 0 .. n_blocks - 1 of a stream at ``offset`` (an int,
+    or a 0-d int64 tensor on ``device`` holding the 64-bit word in two's complement)."""
+    if not torch.is_tensor(offset):
+        offset = int(offset) & ((1 << 64) - 1)
     blk = torch.arange(n_blocks, dtype=torch.int64, device=device)
     c = torch.empty(n_blocks, 4, dtype=torch.int64, device=device)
     c[:, 0] = blk & MASK32
     c[:, 1] = blk >> 32
     c[:, 2] = offset & MASK32
-    c[:, 3] = offset >> 32
+    c[:, 3] = (offset >> 32) & MASK32  # a no-op for ints; int64 tensors shift arithmetically
     return c
 
 

@@ -11,7 +11,8 @@ uniform stream in ``fastlangevin.reference`` (module docstring) and ``csrc/philo
 
 Like the rest of fastlangevin, nothing here reads a GPU tensor's values on the host: a loop of
 resampling steps can be captured in a CUDA graph. The price is in the bad-input path: log-weights
-that are NaN, +inf, or all -inf are reported with a ValueError for CPU tensors, but on a GPU they
+that are NaN, +inf, or all -inf are reported with a ValueError for CPU tensors (outside
+torch.compile: a value check there would be a graph break), but on a GPU they
 give ancestors all equal to -1, so that ``x.index_select(0, a)`` and ``torch.gather`` fail
 loudly (a device-side assert). Plain ``x[a]`` would not: it wraps -1 to the last walker; check
 ``(a < 0).any()`` where that matters. Explicit ``uniforms`` outside [0, 1) are likewise
@@ -114,7 +115,7 @@ def _check_uniforms(op: str, u, log_w: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{op}: uniforms is on {u.device}, log_w is on {log_w.device}")
     if u.shape != log_w.shape:
         raise ValueError(f"{op}: uniforms has shape {_shape(u)}, log_w has {_shape(log_w)}")
-    if u.device.type == "cpu":
+    if u.device.type == "cpu" and not torch.compiler.is_compiling():
         bad = ~((u >= 0) & (u < 1))  # NaN counts as outside
         if bool(bad.any()):
             raise ValueError(f"{op}: uniforms must lie in [0, 1); {int(bad.sum())} of {u.numel()} entries do not")
@@ -175,7 +176,7 @@ def resample(
     offset = check_u64(op, "offset", offset)
     if uniforms is not None:
         uniforms = _check_uniforms(op, uniforms, log_w)
-    if log_w.device.type == "cpu":
+    if log_w.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_weights_cpu(op, log_w)
     be = _backend.resolve(op, backend, log_w.device)
     if be == "reference":

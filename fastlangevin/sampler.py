@@ -113,20 +113,22 @@ def energy_and_grad(energy: Energy, x: torch.Tensor, op: str = "sample") -> tupl
 class _NonFiniteWatch:
     """Remembers, on the device, the first step at which some walker's energy or gradient was
     non-finite and how many walkers it hit; the host looks only every `every` steps, so a GPU
-    loop does not synchronise on every step."""
+    loop does not synchronise on every step. host=False: never look from update() (inside a
+    CUDA-graph capture, where `step` may be a 0-d device tensor); the caller checks after the
+    replay."""
 
-    def __init__(self, op: str, device: torch.device, every: int):
-        self.op, self.every = op, every
+    def __init__(self, op: str, device: torch.device, every: int, host: bool = True):
+        self.op, self.every, self.host = op, every, host
         self.first = torch.full((), -1, dtype=torch.int64, device=device)
         self.count = torch.zeros((), dtype=torch.int64, device=device)
 
-    def update(self, step: int, u: torch.Tensor, g: torch.Tensor) -> None:
+    def update(self, step, u: torch.Tensor, g: torch.Tensor) -> None:
         bad = ~torch.isfinite(u) | ~torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
         n_bad = bad.sum()
         new = (self.first < 0) & (n_bad > 0)
         self.first = torch.where(new, step, self.first)
         self.count = torch.where(new, n_bad, self.count)
-        if (step + 1) % self.every == 0:
+        if self.host and (step + 1) % self.every == 0:
             self.check()
 
     def check(self) -> None:
@@ -157,6 +159,7 @@ def sample(
     mh: bool = False,
     adapt_steps: int = 0,
     target_accept: float = 0.574,
+    cuda_graph: bool = False,
 ) -> SampleResult:
     """Run ``n_steps`` Langevin steps from x0 ([N, ...]) on ``energy`` ([N, ...] -> [N], lower is
     likelier; an nn.Module or a function, differentiated by autograd):
@@ -189,9 +192,32 @@ def sample(
     chain call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and
     uniforms as the loop. A non-finite energy is then reported
     at the end of the chain, without the step number.
+
+    ``cuda_graph=True`` (CUDA tensors only; a CPU x0 raises ValueError rather than falling back,
+    so that nobody times the eager loop believing it is a graph) runs the whole call, ULA or
+    MALA (energy forward and backward, steps, accept/reject, adaptation, trajectory, the final
+    energy), as the replay of one CUDA graph (fastlangevin.graphs). The graph is captured on
+    the first call, after one eager warm-up run of the loop on a side stream, and cached (a few
+    per process, keyed by the energy object, its parameter addresses and training flag, x0's
+    shape/dtype/device, n_steps, the float step size and noise, ref_var, grad_clip, clamp,
+    backend, mh, adapt_steps, target_accept and return_trajectory); seed, offset, x0 and
+    per-walker step tensors are inputs of the replay, so later calls with other seeds and
+    offsets replay the same graph with the noise eager mode would draw: the same Philox words;
+    the same normals bit for bit on the triton and reference backends, to float32 rounding on
+    the cuda backend (see fastlangevin.graphs). Host checks under a graph: none during the
+    replay; after it, one check of the non-finite watch (NonFiniteError with the first bad step,
+    as in eager mode) and of the final energy; ``check_every`` is not used and progress=True
+    is refused. The fused-chain shortcut above (cpu/reference backends) is not taken. The
+    energy's parameters must be updated in place between calls (optimizer steps are);
+    fastlangevin.graphs.clear_cache() drops the cached graphs.
     """
     op = "sample"
     check_energy_and_walkers(op, energy, x0)
+    from .graphs import check_cuda_graph
+
+    if check_cuda_graph(op, cuda_graph, x0) and progress:
+        raise ValueError(f"{op}: progress=True cannot be combined with cuda_graph=True (the loop runs as one "
+                         "graph replay: there is no step to report on the host)")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
     a = check_positive(op, "step_size", step_size, x0)
@@ -204,8 +230,8 @@ def sample(
     be = _backend.resolve(op, backend, x0.device)
     if check_every is None:
         check_every = 1 if x0.device.type == "cpu" else 100
-    fused = _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, be, return_trajectory, progress,
-                         adapt_steps if mh else 0, n_steps)
+    fused = None if cuda_graph else _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, be, return_trajectory,
+                                                 progress, adapt_steps if mh else 0, n_steps)
     if mh:
         if clamp is not None or grad_clip is not None:
             raise ValueError(f"{op}: mh=True cannot be combined with clamp or grad_clip: they change the "
@@ -220,6 +246,12 @@ def sample(
             raise ValueError(f"{op}: mh=True needs noise_std > 0 (the proposal density must exist)")
         if fused is not None:
             return _sample_chain(op, energy, x0, n_steps, a, s, fused, seed=seed, offset=offset, backend=be, mh=True)
+    if cuda_graph:
+        return _sample_graph(op, energy, x0, n_steps, a, noise_std if noise_std is None else s, seed=seed,
+                             offset=offset, ref_var=ref_var, grad_clip=grad_clip, clamp=clamp, backend=be,
+                             return_trajectory=return_trajectory, mh=mh, adapt_steps=adapt_steps if mh else 0,
+                             target_accept=target_accept)
+    if mh:
         return _sample_mala(energy, x0, n_steps, a, noise_std, seed=seed, offset=offset, ref_var=ref_var, backend=be,
                             progress=progress, return_trajectory=return_trajectory, check_every=check_every,
                             adapt_steps=adapt_steps, target_accept=target_accept)
@@ -229,26 +261,117 @@ def sample(
     x = x0.detach().clone(memory_format=torch.contiguous_format)
     traj = [x.clone()] if return_trajectory else None
     watch = _NonFiniteWatch(op, x.device, check_every)
-    steps = progress_range(n_steps, "sample", progress)
-    for k in steps:
-        u, g = energy_and_grad(energy, x, op)
-        watch.update(k, u, g)
-        langevin_step(
-            x, g, a, s, seed=seed, offset=(offset + k) & ((1 << 64) - 1), ref_var=ref_var, grad_clip=grad_clip,
-            clamp=clamp, out=x, backend=be,
-        )
-        if traj is not None:
-            traj.append(x.clone())
+    _ula_loop(op, energy, x, n_steps, a, s, seed=seed, offset=offset, ref_var=ref_var, grad_clip=grad_clip,
+              clamp=clamp, backend=be, watch=watch, traj=traj, progress=progress)
     watch.check()
     with torch.no_grad():
         u = _check_energy_output(op, energy(x), x).detach()
+    _check_final_energy(op, u, n_steps)
+    return SampleResult(
+        x=x, energy=u, trajectory=torch.stack(traj) if traj is not None else None, n_steps=n_steps, backend=be
+    )
+
+
+def _check_final_energy(op: str, u: torch.Tensor, n_steps: int) -> None:
     if not bool(torch.isfinite(u).all()):
         raise NonFiniteError(
             f"{op}: energy became non-finite at step {n_steps} (the final state) for {int((~torch.isfinite(u)).sum())} walker(s)"
         )
-    return SampleResult(
-        x=x, energy=u, trajectory=torch.stack(traj) if traj is not None else None, n_steps=n_steps, backend=be
-    )
+
+
+def _ula_loop(op, energy, x, n_steps, a, s, *, seed, offset, ref_var, grad_clip, clamp, backend, watch, traj,
+              progress=False, stream=None) -> None:
+    """sample()'s ULA steps, updating x in place (and appending to traj). stream: None (eager:
+    each step's op draws its noise at the int offset + k) or a fastlangevin.graphs.DeviceStream
+    (under CUDA-graph capture: the normals of offset base + k, made from device memory)."""
+    noisy = torch.is_tensor(s) or s != 0.0
+    for k in progress_range(n_steps, "sample", progress):
+        u, g = energy_and_grad(energy, x, op)
+        watch.update(k, u, g)
+        noise = stream.normals(x, k) if stream is not None and noisy else None
+        langevin_step(
+            x, g, a, s, seed=seed, offset=(offset + k) & ((1 << 64) - 1), noise=noise, ref_var=ref_var,
+            grad_clip=grad_clip, clamp=clamp, out=x, backend=backend,
+        )
+        if traj is not None:
+            traj.append(x.clone())
+
+
+def _sample_graph(op, energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, grad_clip, clamp, backend,
+                  return_trajectory, mh, adapt_steps, target_accept) -> SampleResult:
+    """sample(..., cuda_graph=True), arguments validated (noise_std None means the default)."""
+    from . import graphs
+
+    dev = x0.device
+
+    def spec(v):  # tensors are replay inputs (shape and dtype baked); floats are baked
+        return ("tensor", tuple(v.shape), v.dtype) if torch.is_tensor(v) else v
+
+    key = (id(energy), graphs.energy_key(energy), tuple(x0.shape), x0.dtype, dev, n_steps, spec(a), spec(noise_std),
+           ref_var, grad_clip, clamp, backend, return_trajectory, mh, adapt_steps, target_accept)
+    values = {"x": x0.detach()}
+    if torch.is_tensor(a):
+        values["a"] = a
+    if torch.is_tensor(noise_std):
+        values["s"] = noise_std
+    loop = graphs.SAMPLE_GRAPHS.get(energy, key)
+    if loop is None:
+        stream = graphs.DeviceStream(dev, graphs.noise_backend_for(backend))
+        loop = graphs.CapturedLoop(_sample_body(op, energy, n_steps, a, noise_std, stream, ref_var=ref_var,
+                                                grad_clip=grad_clip, clamp=clamp, backend=backend,
+                                                return_trajectory=return_trajectory, mh=mh,
+                                                adapt_steps=adapt_steps, target_accept=target_accept),
+                                   {k: v.detach().clone(memory_format=torch.contiguous_format)
+                                    for k, v in values.items()}, stream)
+        graphs.SAMPLE_GRAPHS.put(energy, key, loop)
+    out = loop.run(values, seed, offset)
+    return _sample_graph_result(op, out, n_steps, backend, mh)
+
+
+def _sample_body(op, energy, n_steps, a, noise_std, stream, *, ref_var, grad_clip, clamp, backend,
+                 return_trajectory, mh, adapt_steps, target_accept):
+    """The function that sample(..., cuda_graph=True) captures: inputs {"x": [N, ...], and
+    "a" / "s" [N] when the step size / noise std are tensors} -> outputs {x, energy, trajectory,
+    acceptance, step_size, first, count (the non-finite watch)}. It only reads its inputs and
+    draws all randomness from `stream`, so it also runs eagerly (the tests run it on CPU)."""
+
+    def body(inp: dict) -> dict:
+        a_, s_ = inp.get("a", a), inp.get("s", noise_std)
+        dev = inp["x"].device
+        watch = _NonFiniteWatch(op, dev, 1, host=False)
+        if mh:
+            res = _sample_mala(energy, inp["x"], n_steps, a_, s_, seed=0, offset=0, ref_var=ref_var,
+                               backend=backend, progress=False, return_trajectory=return_trajectory,
+                               check_every=1, adapt_steps=adapt_steps, target_accept=target_accept,
+                               stream=stream, watch=watch)
+            out = dict(x=res.x, energy=res.energy, trajectory=res.trajectory, acceptance=res.acceptance,
+                       step_size=res.step_size)
+        else:
+            s_used = default_noise_std(a_) if s_ is None else s_
+            x = inp["x"].clone(memory_format=torch.contiguous_format)
+            traj = [x.clone()] if return_trajectory else None
+            # seed=0, offset=0: unused, every draw comes from the stream
+            _ula_loop(op, energy, x, n_steps, a_, s_used, seed=0, offset=0, ref_var=ref_var,
+                      grad_clip=grad_clip, clamp=clamp, backend=backend, watch=watch, traj=traj, stream=stream)
+            with torch.no_grad():
+                u = _check_energy_output(op, energy(x), x).detach()
+            out = dict(x=x, energy=u, trajectory=torch.stack(traj) if traj is not None else None)
+        out.update(first=watch.first, count=watch.count)
+        return out
+
+    return body
+
+
+def _sample_graph_result(op, out: dict, n_steps: int, backend: str, mh: bool) -> SampleResult:
+    """The host checks after a replay (the non-finite watch; the final energy for ULA), then
+    the SampleResult."""
+    watch = _NonFiniteWatch(op, out["x"].device, 1)
+    watch.first, watch.count = out["first"], out["count"]
+    watch.check()
+    if not mh:
+        _check_final_energy(op, out["energy"], n_steps)
+    return SampleResult(x=out["x"], energy=out["energy"], trajectory=out["trajectory"], n_steps=n_steps,
+                        backend=backend, acceptance=out.get("acceptance"), step_size=out.get("step_size"))
 
 
 def _scaled_step(a, log_scale: torch.Tensor, n: int) -> torch.Tensor:
@@ -260,8 +383,11 @@ def _scaled_step(a, log_scale: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, backend, progress, return_trajectory,
-                 check_every, adapt_steps, target_accept) -> SampleResult:
-    """The MALA branch of sample(); arguments already validated."""
+                 check_every, adapt_steps, target_accept, stream=None, watch=None) -> SampleResult:
+    """The MALA branch of sample(); arguments already validated. stream, watch: None (eager),
+    or under CUDA-graph capture a fastlangevin.graphs.DeviceStream that makes the noise and the
+    uniforms (seed and offset then unused), and a host=False watch that the caller checks after
+    the replay."""
     from .resampling import uniforms
     from .walkers import MH_STREAM
     from .weights import jarzynski_increment
@@ -271,7 +397,8 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
     x = x0.detach().clone(memory_format=torch.contiguous_format)
     n, dev = x.shape[0], x.device
     u_x, g_x = energy_and_grad(energy, x, op)
-    watch = _NonFiniteWatch(op, dev, check_every)
+    if watch is None:
+        watch = _NonFiniteWatch(op, dev, check_every)
     watch.update(-1, u_x, g_x)
     traj = [x.clone()] if return_trajectory else None
     # Adaptation keeps log a as a 0-d device tensor (no host sync); a per-walker step tensor
@@ -286,11 +413,14 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
             s_k = None
         s_used = default_noise_std(a_k) if s_k is None else s_k
         y = langevin_step(x, g_x, a_k, s_used, seed=seed, offset=(offset + k) & mask64, ref_var=ref_var,
-                          backend=backend)
+                          noise=None if stream is None else stream.normals(x, k), backend=backend)
         u_y, g_y = energy_and_grad(energy, y, op)
         watch.update(k, u_y, g_y)
         log_r = jarzynski_increment(x, g_x, u_x, y, g_y, u_y, a_k, s_used, ref_var=ref_var, backend=backend)
-        u = uniforms(n, seed=seed, offset=MH_STREAM | ((offset + k) & (MH_STREAM - 1)), device=dev)
+        if stream is None:
+            u = uniforms(n, seed=seed, offset=MH_STREAM | ((offset + k) & (MH_STREAM - 1)), device=dev)
+        else:
+            u = stream.mh_uniforms(n, k)
         acc = torch.log(u) < log_r  # NaN ratios reject (and the watch reports them)
         shape = (n,) + (1,) * (x.dim() - 1)
         x = torch.where(acc.view(shape), y, x)
@@ -303,7 +433,8 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
             accepted = accepted + rate
         if traj is not None:
             traj.append(x.clone())
-    watch.check()
+    if stream is None:
+        watch.check()
     counted = n_steps - adapt_steps
     acceptance = accepted / counted if counted > 0 else torch.full((), float("nan"), dtype=torch.float64, device=dev)
     if adapt_steps:

@@ -66,6 +66,11 @@ class Walkers:
         ref_var: Gaussian reference term x / ref_var in the drift and |x|^2 / (2 ref_var) in U.
         check_every: host check for non-finite energies every this many steps (1 on CPU, 100 on
             GPU by default).
+        cuda_graph: run each ``step(n)`` as the replay of one CUDA graph of the n-step loop
+            (energy forward and backward, step, weights, ESS-triggered resampling), captured at
+            the first call with that n (after one eager warm-up run of the loop on a side
+            stream) and kept on the object (see step()). CUDA tensors only: a CPU x0 raises
+            ValueError rather than silently running eagerly.
 
     Attributes: x [N, ...], energy [N], grad [N, ...], log_weights [N] (float64), weights [N],
     ess (0-d), log_z (0-d, estimate of log Z_theta - log Z_theta0 carried across resampling),
@@ -87,9 +92,14 @@ class Walkers:
         ref_var: Optional[float] = None,
         backend: str = "auto",
         check_every: Optional[int] = None,
+        cuda_graph: bool = False,
     ):
         op = "Walkers"
         check_energy_and_walkers(op, energy, x0)
+        from .graphs import GraphCache, check_cuda_graph
+
+        self.cuda_graph = check_cuda_graph(op, cuda_graph, x0)
+        self._graphs = GraphCache(size=2)
         self.step_size = check_positive(op, "step_size", step_size, x0)
         if noise_std is None:
             self.noise_std = default_noise_std(self.step_size)
@@ -159,19 +169,41 @@ class Walkers:
         steps runs with the log-weights of every step recorded; if ESS falls below the threshold
         after step t of the chunk, the chunk is replayed from its start for t + 1 steps (the
         chain is deterministic), the walkers are resampled exactly as the loop would, and the
-        next chunk starts there. Non-finite energies are then reported at the end of a chunk."""
+        next chunk starts there. Non-finite energies are then reported at the end of a chunk.
+
+        With ``cuda_graph=True`` the n steps are the replay of one CUDA graph (fastlangevin.graphs),
+        captured at the first step(n) with this n, this energy's parameter addresses and training
+        flag, and the per_walker names, shapes and dtypes (the last two graphs are kept). Each call
+        copies the state (x, grad, energy, log-weights, log Z offset, resampling count, the
+        non-finite watch, per_walker) into the graph's buffers, sets the stream to (seed, steps)
+        in device memory, replays and clones the new state out: the same Philox words as the
+        loop, so the same walkers, weights and resampling decisions as eager mode (bit for bit
+        on the triton and reference backends, to float32 rounding of the normals on the cuda
+        backend). The host looks at the non-finite watch after a replay that crosses a multiple
+        of check_every steps, as the loop does. The fused chains are not used."""
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
             raise ValueError(f"Walkers.step: n_steps must be an int >= 0, got {n_steps!r}")
+        if n_steps and self.cuda_graph:
+            return self._step_graph(n_steps)
         if n_steps and self._fused_params() is not None:
             return self._step_fused(n_steps)
-        for _ in range(n_steps):
+        self._advance(n_steps)
+        return self
+
+    def _advance(self, n_steps: int, stream=None) -> None:
+        """The step loop. stream: None (eager: the ops draw at the int offsets steps + j and
+        RESAMPLE_STREAM | (steps + j)), or under CUDA-graph capture a
+        fastlangevin.graphs.DeviceStream holding base = steps in device memory, which makes the
+        same draws from there (self.steps still counts, for the eager arguments it ignores)."""
+        noisy = torch.is_tensor(self.noise_std) or self.noise_std != 0.0
+        for j in range(n_steps):
             k = self.steps
             x_new = langevin_step(
                 self.x, self.grad, self.step_size, self.noise_std, seed=self.seed, offset=k, ref_var=self.ref_var,
-                backend=self.backend,
+                noise=stream.normals(self.x, j) if stream is not None and noisy else None, backend=self.backend,
             )
             u_new, g_new = energy_and_grad(self.energy_fn, x_new, "Walkers.step")
-            self._watch.update(k, u_new, g_new)
+            self._watch.update(k if stream is None else stream.offset(j), u_new, g_new)
             if self.use_weights:
                 inc = _weights.jarzynski_increment(
                     self.x, self.grad, self.energy, x_new, g_new, u_new, self.step_size, self.noise_std,
@@ -181,8 +213,85 @@ class Walkers:
             self.x, self.grad, self.energy = x_new, g_new, u_new
             self.steps = k + 1
             if self.use_weights and self.scheme is not None:
-                self._resample_if(self.ess < self.ess_threshold * self.n, self.scheme, RESAMPLE_STREAM | k)
+                self._resample_if(self.ess < self.ess_threshold * self.n, self.scheme, RESAMPLE_STREAM | k,
+                                  uniforms=None if stream is None else stream.resample_uniforms(self.n, j))
+
+    # The state a captured step(n) reads and writes (attribute names; per_walker and the
+    # watch's first/count are handled beside them).
+    _GRAPH_STATE = ("x", "grad", "energy", "log_weights", "_log_z0", "n_resampled")
+
+    def _graph_key(self, n_steps: int) -> tuple:
+        from .graphs import energy_key
+
+        def spec(v):
+            return (tuple(v.shape), v.dtype, v.data_ptr()) if torch.is_tensor(v) else v
+
+        pw = tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in self.per_walker.items())
+        return (n_steps, id(self.energy_fn), energy_key(self.energy_fn), pw, spec(self.step_size),
+                spec(self.noise_std), self.scheme, self.use_weights, self.ess_threshold, self.ref_var, self.backend)
+
+    def _graph_values(self) -> dict:
+        vals = {name: getattr(self, name) for name in self._GRAPH_STATE}
+        vals.update(watch_first=self._watch.first, watch_count=self._watch.count)
+        vals.update({"pw:" + k: v for k, v in self.per_walker.items()})
+        return vals
+
+    def _graph_body(self, n_steps: int, stream):
+        """The function a captured step(n_steps) runs: the eager loop (_advance) on the graph's
+        input buffers, with the object's attributes pointed at them for the duration and
+        restored after, returning the new state. It writes no input in place (the loop is
+        functional: every step makes new tensors), as the warm-up requires."""
+        from .sampler import _NonFiniteWatch
+
+        def body(inp: dict) -> dict:
+            saved = {name: getattr(self, name) for name in self._GRAPH_STATE}
+            saved_steps, saved_watch, saved_pw = self.steps, self._watch, self.per_walker
+            try:
+                for name in self._GRAPH_STATE:
+                    setattr(self, name, inp[name])
+                self.per_walker = {k[3:]: v for k, v in inp.items() if k.startswith("pw:")}
+                self._watch = _NonFiniteWatch(saved_watch.op, self.x.device, self.check_every, host=False)
+                self._watch.first, self._watch.count = inp["watch_first"], inp["watch_count"]
+                self._advance(n_steps, stream)
+                out = self._graph_values()
+            finally:
+                for name, v in saved.items():
+                    setattr(self, name, v)
+                self.steps, self._watch, self.per_walker = saved_steps, saved_watch, saved_pw
+            return out
+
+        return body
+
+    def _step_graph(self, n_steps: int) -> "Walkers":
+        """step(n_steps) as one CUDA-graph replay (see step())."""
+        from .graphs import CapturedLoop, DeviceStream, noise_backend_for
+
+        for k, v in self.per_walker.items():
+            if v.device != self.x.device:
+                raise ValueError(f"Walkers.step: per_walker[{k!r}] is on {v.device}, the walkers on {self.x.device}; "
+                                 "a CUDA graph moves per-walker state only on the walkers' device")
+        key = self._graph_key(n_steps)
+        loop = self._graphs.get(self.energy_fn, key)
+        values = self._graph_values()
+        if loop is None:
+            stream = DeviceStream(self.x.device, noise_backend_for(self.backend))
+            inputs = {k: v.clone() for k, v in values.items()}
+            loop = CapturedLoop(self._graph_body(n_steps, stream), inputs, stream)
+            self._graphs.put(self.energy_fn, key, loop)
+        out = loop.run(values, self.seed, self.steps)
+        self._set_graph_state(out, n_steps)
         return self
+
+    def _set_graph_state(self, out: dict, n_steps: int) -> None:
+        """Take the state a replay (or an eager run of the body) returned; advance the step
+        count; look at the non-finite watch when the loop would have looked in these steps."""
+        for name in self._GRAPH_STATE:
+            setattr(self, name, out[name])
+        self._watch.first, self._watch.count = out["watch_first"], out["watch_count"]
+        self.per_walker = {k[3:]: v for k, v in out.items() if k.startswith("pw:")}
+        before, self.steps = self.steps, self.steps + n_steps
+        if self.steps // self.check_every != before // self.check_every:
+            self._watch.check()
 
     def _fused_params(self):
         """The energy's fused chain runner (fastlangevin.chain.fused_chain_of) when step() can
@@ -247,14 +356,16 @@ class Walkers:
         self._resample_if(when, scheme, RESAMPLE_STREAM | (1 << 62) | self.steps)
         return self
 
-    def _resample_if(self, do: torch.Tensor, scheme: str, offset: int) -> None:
+    def _resample_if(self, do: torch.Tensor, scheme: str, offset: int, uniforms: Optional[torch.Tensor] = None) -> None:
         """Resample where the 0-d bool `do` is true. On a GPU the flag is never read on the host:
         the ancestors are the identity where it is false (a gather that copies x and grad every
         step, the price of a loop without syncs). On CPU tensors reading it costs nothing, so
-        the no-op resampling is skipped; the results are the same bits either way."""
+        the no-op resampling is skipped; the results are the same bits either way. uniforms:
+        those of stream (seed, offset), made by the caller (a CUDA-graph capture), or None."""
         if self.x.device.type == "cpu" and not bool(do):
             return
-        anc = _resample.resample(self.log_weights, scheme, seed=self.seed, offset=offset, backend=self.backend)
+        anc = _resample.resample(self.log_weights, scheme, seed=self.seed, offset=offset, uniforms=uniforms,
+                                 backend=self.backend)
         anc = torch.where(do, anc, self._identity)
         self.gather(anc)
         lse = torch.logsumexp(self.log_weights, dim=0)

@@ -153,6 +153,25 @@ def _randn_kernel(p_out, n, seed_lo, seed_hi, off_lo, off_hi, BLOCK: tl.constexp
     tl.store(p_out + o_i, b_z.to(p_out.dtype.element_ty), mask=o_i < n)
 
 
+@triton.jit
+def _load_words(p_word):
+    """(lo, hi) uint32 halves of the int64 at p_word (a 64-bit seed or offset, two's complement)."""
+    v = tl.load(p_word)
+    return v.to(tl.uint32), (v >> 32).to(tl.uint32)  # truncation keeps the low 32 bits
+
+
+@triton.jit
+def _randn_dev_kernel(p_out, n, p_seed, p_off, BLOCK: tl.constexpr, FP64: tl.constexpr):
+    """_randn_kernel with the seed and offset read from device memory (0-d int64 tensors), so a
+    CUDA graph replays it with whatever stream position the tensors hold (fastlangevin.graphs)."""
+    pid = tl.program_id(0)
+    seed_lo, seed_hi = _load_words(p_seed)
+    off_lo, off_hi = _load_words(p_off)
+    o_i = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b_z = _block_normals(pid, seed_lo, seed_hi, off_lo, off_hi, BLOCK, FP64)
+    tl.store(p_out + o_i, b_z.to(p_out.dtype.element_ty), mask=o_i < n)
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _langevin_step_kernel(
     p_x, p_g, p_noise, p_step, p_std, p_out,  # [N, ...] x, grad, noise, out; [N] step, std
@@ -246,6 +265,15 @@ def randn_out_triton(out: torch.Tensor, seed: int, offset: int, block=None) -> N
     _randn_kernel[(triton.cdiv(n, block),)](
         out, n, s_lo, s_hi, o_lo, o_hi, BLOCK=block, FP64=out.dtype == torch.float64
     )
+
+
+def randn_dev_out_triton(out: torch.Tensor, seed_t: torch.Tensor, offset_t: torch.Tensor, block=None) -> None:
+    """randn_out_triton with the seed and offset as 0-d int64 tensors on out's device."""
+    block = _block_for(out, block)
+    n = out.numel()
+    if n == 0:
+        return
+    _randn_dev_kernel[(triton.cdiv(n, block),)](out, n, seed_t, offset_t, BLOCK=block, FP64=out.dtype == torch.float64)
 
 
 def langevin_step_out_triton(

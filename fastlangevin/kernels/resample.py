@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .langevin import _block_for, _philox4x32_10, _words
+from .langevin import _block_for, _load_words, _philox4x32_10, _words
 
 SCHEME_IDS = {name: i for i, name in enumerate(reference.RESAMPLE_SCHEMES)}
 MULTINOMIAL: tl.constexpr = SCHEME_IDS["multinomial"]
@@ -58,6 +58,15 @@ def _count_le(p_arr, n, b_v, n_steps, BLOCK: tl.constexpr):
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _resample_uniforms_kernel(p_out, n, seed_lo, seed_hi, off_lo, off_hi, BLOCK: tl.constexpr):
+    o_j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(p_out + o_j, _resample_uniforms(o_j, seed_lo, seed_hi, off_lo, off_hi), mask=o_j < n)
+
+
+@triton.jit
+def _resample_uniforms_dev_kernel(p_out, n, p_seed, p_off, BLOCK: tl.constexpr):
+    """_resample_uniforms_kernel with the seed and offset read from device memory (0-d int64)."""
+    seed_lo, seed_hi = _load_words(p_seed)
+    off_lo, off_hi = _load_words(p_off)
     o_j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     tl.store(p_out + o_j, _resample_uniforms(o_j, seed_lo, seed_hi, off_lo, off_hi), mask=o_j < n)
 
@@ -111,6 +120,16 @@ def resample_uniforms_out_triton(out: torch.Tensor, seed: int, offset: int, bloc
     s_lo, s_hi = _words(seed)
     o_lo, o_hi = _words(offset)
     _resample_uniforms_kernel[(triton.cdiv(n, block),)](out, n, s_lo, s_hi, o_lo, o_hi, BLOCK=block)
+
+
+def resample_uniforms_dev_out_triton(out: torch.Tensor, seed_t: torch.Tensor, offset_t: torch.Tensor,
+                                     block=None) -> None:
+    """resample_uniforms_out_triton with the seed and offset as 0-d int64 tensors on out's device."""
+    n = out.numel()
+    block = _block(out, n, block)
+    if n == 0:
+        return
+    _resample_uniforms_dev_kernel[(triton.cdiv(n, block),)](out, n, seed_t, offset_t, BLOCK=block)
 
 
 def resample_triton(log_w: torch.Tensor, scheme: str, uniforms, seed: int, offset: int, block=None) -> torch.Tensor:
