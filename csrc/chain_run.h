@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 
 #include "log_ratio.h"
@@ -56,6 +57,25 @@ inline void check_chain_state(const char* op, int64_t N, int64_t n_steps, int64_
     TORCH_CHECK(log_w_steps->is_contiguous() && log_w_steps->scalar_type() == at::kDouble &&
                     log_w_steps->numel() == n_steps * N,
                 op, ": log_w_steps must be float64 [n_steps, N]");
+}
+
+// The mixture chain's tensors (csrc/cpu/chain_cpu.cpp, csrc/cuda/chain_cuda.cu): x, grad [N, d],
+// energy [N], means, inv_var [K, d], log_coef [K], all contiguous, one dtype (float32 / float64).
+inline void check_mixture_chain_args(const at::Tensor& x, const at::Tensor& energy, const at::Tensor& grad,
+                                     const at::Tensor& means, const at::Tensor& inv_var, const at::Tensor& log_coef) {
+  // Guards for direct callers; fastlangevin/chain.py checks everything with friendly messages.
+  TORCH_CHECK(x.dim() == 2, "mixture_chain: x must be [N, d]");
+  const int64_t N = x.size(0), d = x.size(1);
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == d, "mixture_chain: means must be [K, d]");
+  const int64_t K = means.size(0);
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "mixture_chain: x must be float32 or float64");
+  for (const at::Tensor* t : {&x, &energy, &grad, &means, &inv_var, &log_coef})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == st, "mixture_chain: tensors must be contiguous, x's dtype");
+  TORCH_CHECK(grad.sizes() == x.sizes() && energy.dim() == 1 && energy.size(0) == N,
+              "mixture_chain: grad must be [N, d] and energy [N]");
+  TORCH_CHECK(inv_var.sizes() == means.sizes() && log_coef.dim() == 1 && log_coef.size(0) == K && K >= 1,
+              "mixture_chain: inv_var must be [K, d] and log_coef [K]");
 }
 
 // The run fields from the op's arguments (after check_chain_state). The ratio coefficients carry

@@ -84,14 +84,13 @@ def test_log_w_steps_are_the_per_step_weights(device, backend):
     require(device, backend)
     e = _gmm(7, torch.float64, "diag").to(device)
     x0 = _x0(64, 7, torch.float64).to(device)
-    for be in [backend]:
-        full = mixture_chain(x0, *e.chain_params(), 6, 0.05, seed=1, mode="weights", return_log_w_steps=True,
-                             backend=be)
-        assert full.log_w_steps.shape == (6, 64)
-        for t in (1, 4):
-            part = mixture_chain(x0, *e.chain_params(), t, 0.05, seed=1, mode="weights", backend=be)
-            torch.testing.assert_close(full.log_w_steps[t - 1], part.log_w, rtol=0, atol=1e-12)
-        torch.testing.assert_close(full.log_w_steps[-1], full.log_w, rtol=0, atol=0)
+    full = mixture_chain(x0, *e.chain_params(), 6, 0.05, seed=1, mode="weights", return_log_w_steps=True,
+                         backend=backend)
+    assert full.log_w_steps.shape == (6, 64)
+    for t in (1, 4):
+        part = mixture_chain(x0, *e.chain_params(), t, 0.05, seed=1, mode="weights", backend=backend)
+        torch.testing.assert_close(full.log_w_steps[t - 1], part.log_w, rtol=0, atol=1e-12)
+    torch.testing.assert_close(full.log_w_steps[-1], full.log_w, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device,backend", CASES)

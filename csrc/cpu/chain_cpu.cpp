@@ -212,19 +212,9 @@ void mixture_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, cons
                        double noise_std, int64_t seed, int64_t offset, int64_t mode,
                        const std::optional<at::Tensor>& log_w, const std::optional<at::Tensor>& log_w_steps,
                        at::Tensor& accepted) {
-  // Guards for direct callers; fastlangevin/chain.py checks everything with friendly messages.
-  TORCH_CHECK(x.dim() == 2, "mixture_chain: x must be [N, d]");
-  const int64_t N = x.size(0), d = x.size(1);
-  TORCH_CHECK(means.dim() == 2 && means.size(1) == d, "mixture_chain: means must be [K, d]");
-  const int64_t K = means.size(0);
+  check_mixture_chain_args(x, energy, grad, means, inv_var, log_coef);
+  const int64_t N = x.size(0), d = x.size(1), K = means.size(0);
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "mixture_chain: x must be float32 or float64");
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&x, &energy, &grad, &means, &inv_var, &log_coef})
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == st, "mixture_chain: tensors must be contiguous, x's dtype");
-  TORCH_CHECK(grad.sizes() == x.sizes() && energy.dim() == 1 && energy.size(0) == N,
-              "mixture_chain: grad must be [N, d] and energy [N]");
-  TORCH_CHECK(inv_var.sizes() == means.sizes() && log_coef.dim() == 1 && log_coef.size(0) == K && K >= 1,
-              "mixture_chain: inv_var must be [K, d] and log_coef [K]");
   check_chain_state("mixture_chain", N, n_steps, mode, log_w, log_w_steps, accepted);
   if (N == 0 || n_steps == 0) return;
 
