@@ -168,7 +168,8 @@ def mixture_chain(
 
     Backends: "cpu" (csrc/cpu/chain_cpu.cpp), "cuda" (csrc/cuda/chain_cuda.cu, one warp per
     walker, d <= 512), "triton" (fastlangevin/kernels/mixture_chain.py) and "reference"
-    (reference.mixture_chain_ref); every mode, float32 and float64 on each.
+    (reference.mixture_chain_ref); every mode, float32 and float64 on each. "auto" on CUDA
+    tensors picks "cuda", or "triton" where d > 512.
     """
     op = "mixture_chain"
     check_float_tensor(op, "x", x)
@@ -190,6 +191,9 @@ def mixture_chain(
         raise ValueError(f"{op}: log_coef has shape {_shape(log_coef)}, expected [{k}]")
     a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
+    if (be == "cuda" and d > CUDA_MIXTURE_MAX_D and backend == "auto"
+            and _backend._available("triton", x.device) is None):
+        be = "triton"  # the Triton kernel has no dimension limit
     if be == "cuda" and d > CUDA_MIXTURE_MAX_D:
         raise ValueError(f"{op}: backend 'cuda' runs walkers of dimension d <= {CUDA_MIXTURE_MAX_D}, got "
                          f"x of shape {_shape(x)}; use backend 'triton' (sample() and Walkers run step by step)")
