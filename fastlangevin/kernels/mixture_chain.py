@@ -38,7 +38,7 @@ from ..reference import MH_STREAM
 from .langevin import _box_muller, _philox4x32_10, _words, f32_halves
 from .resample import _resample_uniforms
 
-MH_STREAM_C: tl.constexpr = MH_STREAM
+MH_STREAM_C = tl.constexpr(MH_STREAM)
 
 # Elements of the walker tile per program on a GPU: 2048 (16 per thread with 4 warps) keeps x,
 # grad, y, grad_y, the gradient accumulator and the noise in registers. Untuned: no GPU has run
