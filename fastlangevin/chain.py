@@ -8,8 +8,11 @@
 The walker's row stays in a local buffer for the whole chain; step k adds exactly the normals
 that langevin_step(seed=seed, offset=offset + k) adds, so a chain equals the step-by-step loop
 of sample() / Walkers on the same energy (same seed, same noise) to float tolerance. Backends:
-"cpu" (csrc/cpu/chain_cpu.cpp, OpenMP over tiles of walkers) and "reference"
-(fastlangevin.reference.mixture_chain_ref, the oracle); no Triton or CUDA kernel yet.
+mixture_chain: "cpu" (csrc/cpu/chain_cpu.cpp, OpenMP over tiles of walkers), "cuda"
+(csrc/cuda/chain_cuda.cu, a warp per walker; d <= 512), "triton"
+(fastlangevin/kernels/mixture_chain.py) and "reference" (fastlangevin.reference.mixture_chain_ref,
+the oracle). mlp_chain: "cpu" and "reference" (and "triton" for mode "ula" on float32, which
+sample() and Walkers do not route to).
 
 sample() and Walkers.step() call these themselves (fused_chain_of picks the kernel): the
 dispatch rule is one protocol method per kernel,
@@ -20,7 +23,8 @@ dispatch rule is one protocol method per kernel,
                                   (MLPEnergy with depth <= 4 and hidden <= 128; larger MLPs
                                   run step by step with their closed-form energy_and_grad)
 
-checked in that order, and only when the parameters' dimension and device match the walkers'.
+checked in that order, and only when the parameters' dimension and device match the walkers'
+and the kernel runs on the backend (MIXTURE_CHAIN_BACKENDS, MLP_CHAIN_BACKENDS).
 See sample() and Walkers.step() for the other conditions (float step sizes, no clamp, ...).
 """
 from __future__ import annotations
@@ -34,7 +38,12 @@ from . import _backend, reference
 from .ops import _as_i64, _shape, check_float_tensor, check_u64
 
 MODES = reference.CHAIN_MODES  # ("ula", "weights", "mh")
-CHAIN_BACKENDS = ("cpu", "reference")
+# The backends whose fused kernels run every mode and dtype (the rest fall back to step by step).
+MIXTURE_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
+MLP_CHAIN_BACKENDS = ("cpu", "reference")
+CHAIN_BACKENDS = MIXTURE_CHAIN_BACKENDS  # any fused chain at all (sample() / Walkers' first test)
+# The CUDA mixture kernel keeps a walker's row in one warp's registers, 16 elements per lane.
+CUDA_MIXTURE_MAX_D = 512
 
 
 class ChainResult(NamedTuple):
@@ -156,6 +165,11 @@ def mixture_chain(
     log_w: float64 [N] starting log-weights for "weights" (default 0). return_log_w_steps: also
     return log_w after every step, float64 [n_steps, N] (Walkers uses it to find the step at
     which resampling triggers). Inputs are not modified.
+
+    Backends: "cpu" (csrc/cpu/chain_cpu.cpp), "cuda" (csrc/cuda/chain_cuda.cu, one warp per
+    walker, d <= 512), "triton" (fastlangevin/kernels/mixture_chain.py) and "reference"
+    (reference.mixture_chain_ref); every mode, float32 and float64 on each. "auto" on CUDA
+    tensors picks "cuda", or "triton" where d > 512.
     """
     op = "mixture_chain"
     check_float_tensor(op, "x", x)
@@ -177,9 +191,12 @@ def mixture_chain(
         raise ValueError(f"{op}: log_coef has shape {_shape(log_coef)}, expected [{k}]")
     a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
-    if be not in CHAIN_BACKENDS:
-        raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {CHAIN_BACKENDS}); "
-                         "sample() and Walkers fall back to the step-by-step loop there")
+    if (be == "cuda" and d > CUDA_MIXTURE_MAX_D and backend == "auto"
+            and _backend._available("triton", x.device) is None):
+        be = "triton"  # the Triton kernel has no dimension limit
+    if be == "cuda" and d > CUDA_MIXTURE_MAX_D:
+        raise ValueError(f"{op}: backend 'cuda' runs walkers of dimension d <= {CUDA_MIXTURE_MAX_D}, got "
+                         f"x of shape {_shape(x)}; use backend 'triton' (sample() and Walkers run step by step)")
     means, inv_var, log_coef = (t.detach().to(x.dtype).contiguous() for t in (means, inv_var, log_coef))
     energy_fn = lambda y: reference.mixture_energy_ref(y, means, inv_var, log_coef)  # noqa: E731
     energy, grad, log_w = _check_state(op, x, energy, grad, energy_fn, mode, log_w, return_log_w_steps)
@@ -198,7 +215,13 @@ def mixture_chain(
     lw = None if log_w is None else log_w.detach().to(torch.float64, copy=True).contiguous()
     steps = torch.empty(n_steps, n, dtype=torch.float64, device=x.device) if return_log_w_steps else None
     acc = torch.zeros(n, dtype=torch.int64, device=x.device)
-    _register_fakes()
+    if be == "triton":
+        from .kernels.mixture_chain import mixture_chain_triton
+
+        mixture_chain_triton(xo, uo, go, means, inv_var, log_coef, n_steps, a, s, seed, offset, MODES.index(mode), lw,
+                             steps, acc)
+        return ChainResult(xo, uo, go, lw, acc, steps)
+    _register_fakes()  # "cpu" and "cuda": one op, dispatched by device
     torch.ops.fastlangevin.mixture_chain(xo, uo, go, means, inv_var, log_coef, n_steps, a, s, _as_i64(seed),
                                          _as_i64(offset), MODES.index(mode), lw, steps, acc)
     return ChainResult(xo, uo, go, lw, acc, steps)
@@ -228,22 +251,28 @@ def mlp_chain_params_of(energy):
     return params
 
 
-def fused_chain_of(energy, x: torch.Tensor):
+def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
     """A function run(x, n_steps, step_size, noise_std, **kw) -> ChainResult that runs ``energy``'s
     fused chain (mixture_chain or mlp_chain with its parameters bound; kw: energy, grad, seed,
     offset, mode, log_w, return_log_w_steps, backend), or None when the energy has no fused
-    chain for walkers like x [N, d] (see the module docstring for the rule)."""
+    chain for walkers like x [N, d] on ``backend`` (a resolved backend name; None: any) (see
+    the module docstring for the rule)."""
     if x.dim() != 2:
         return None
     params = chain_params_of(energy)
     if params is not None:
         if params[0].shape[1] != x.shape[1] or params[0].device != x.device:
             return None
+        if backend is not None and (backend not in MIXTURE_CHAIN_BACKENDS or
+                                    (backend == "cuda" and x.shape[1] > CUDA_MIXTURE_MAX_D)):
+            return None
         return lambda xx, n_steps, a, s=None, **kw: mixture_chain(xx, *params, n_steps, a, s, **kw)
     params = mlp_chain_params_of(energy)
     if params is not None:
         ws, bs, act, inv_ref = params
         if ws[0].shape[1] != x.shape[1] or ws[0].device != x.device:
+            return None
+        if backend is not None and backend not in MLP_CHAIN_BACKENDS:
             return None
         return lambda xx, n_steps, a, s=None, **kw: mlp_chain(xx, ws, bs, act, n_steps, a, s, inv_ref_var=inv_ref,
                                                               **kw)
@@ -331,8 +360,8 @@ def mlp_chain(
         if mode != "ula" or x.dtype != torch.float32:
             raise ValueError(f"{op}: backend 'triton' runs mode 'ula' on float32 walkers only "
                              f"(got mode {mode!r}, {x.dtype}); use backend 'cpu' or 'reference'")
-    elif be not in CHAIN_BACKENDS:
-        raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {CHAIN_BACKENDS}); "
+    elif be not in MLP_CHAIN_BACKENDS:
+        raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {MLP_CHAIN_BACKENDS}); "
                          "sample() and Walkers fall back to the step-by-step loop there")
     weights = [w.detach().to(x.dtype).contiguous() for w in weights]
     biases = [b.detach().to(x.dtype).contiguous() for b in biases]

@@ -188,7 +188,8 @@ def sample(
     (fastlangevin.energies.MLPEnergy with depth <= 4, hidden <= 128: mlp_chain; its own ref_var
     is part of the energy, not sample()'s), x0 is float32/float64 [N, d], step_size and
     noise_std are floats, there is no ref_var, grad_clip, clamp, trajectory, progress bar or
-    step-size adaptation, and the backend is cpu or reference, all n_steps run in one fused
+    step-size adaptation, and the backend has the kernel (mixture_chain: cpu, reference, triton,
+    cuda up to d = 512; mlp_chain: cpu, reference), all n_steps run in one fused
     chain call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and
     uniforms as the loop. A non-finite energy is then reported
     at the end of the chain, without the step number.
@@ -453,7 +454,7 @@ def _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, backend, return_tr
             or grad_clip is not None or clamp is not None or return_trajectory or progress or adapt_steps
             or n_steps == 0 or x0.dim() != 2 or x0.dtype not in (torch.float32, torch.float64)):
         return None
-    return fused_chain_of(energy, x0)
+    return fused_chain_of(energy, x0, backend)
 
 
 def _raise_if_non_finite(op: str, u: torch.Tensor, g: torch.Tensor, where: str) -> None:

@@ -163,7 +163,8 @@ class Walkers:
 
         With a GaussianMixture or Gaussian energy (``chain_params()``) or a small MLPEnergy
         (``mlp_chain_params()``: depth <= 4, hidden <= 128), float step_size and noise_std, no
-        ref_var, [N, d] walkers and the cpu or reference backend, the n steps run as fused
+        ref_var, [N, d] walkers and a backend with the kernel (mixture_chain: cpu, reference,
+        triton, cuda up to d = 512; mlp_chain: cpu, reference), the n steps run as fused
         chains (fastlangevin.chain.fused_chain_of: mixture_chain / mlp_chain), same noise,
         same results to float tolerance. Resampling is handled by speculate-and-replay: a chunk of up to CHAIN_CHUNK
         steps runs with the log-weights of every step recorded; if ESS falls below the threshold
@@ -303,7 +304,7 @@ class Walkers:
                 or self.x.dtype not in (torch.float32, torch.float64)
                 or (self.use_weights and self.noise_std == 0.0)):
             return None
-        return fused_chain_of(self.energy_fn, self.x)
+        return fused_chain_of(self.energy_fn, self.x, self.backend)
 
     def _step_fused(self, n_steps: int) -> "Walkers":
         """step(n_steps) as fused chains (see step())."""

@@ -4,12 +4,15 @@ import pytest
 import torch
 
 import fastlangevin as fl
-from fastlangevin.chain import mixture_chain
-from fastlangevin.energies import Gaussian, GaussianMixture
+from fastlangevin.chain import fused_chain_of, mixture_chain
+from fastlangevin.energies import Gaussian, GaussianMixture, MLPEnergy
 
-from conftest import require
+from conftest import CASES, require
 
 BACKENDS = ["reference", "cpu"]
+# The fused kernels against the reference: (device, backend) pairs of conftest.CASES but the
+# reference itself. cpu-triton runs under TRITON_INTERPRET=1 (slow: its sizes are kept small).
+KERNEL_CASES = [c for c in CASES if c.id != "cpu-reference"]
 
 
 class _StepByStep(torch.nn.Module):
@@ -41,57 +44,67 @@ def _x0(n, d, dtype, seed=0):
     return 3 * torch.randn(n, d, dtype=dtype, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("device,backend", KERNEL_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["ula", "weights", "mh"])
 @pytest.mark.parametrize("kind,d", [("carbone", 50), ("diag", 5)])
-def test_cpu_kernel_equals_reference(dtype, mode, kind, d):
+def test_kernel_equals_reference(device, backend, dtype, mode, kind, d):
     """d = 5 and 50 are not multiples of 4: rows share Philox blocks with their neighbours and
-    tiles start mid-block. 300 walkers span several tiles."""
-    require("cpu", "cpu")
-    e = _gmm(d, dtype, kind)
-    x0 = _x0(300, d, dtype)
-    kw = dict(seed=3, offset=(1 << 64) - 7, mode=mode)  # offsets wrap past 2^64 within the chain
-    got = mixture_chain(x0, *e.chain_params(), 20, 0.05, backend="cpu", **kw)
-    want = mixture_chain(x0, *e.chain_params(), 20, 0.05, backend="reference", **kw)
+    tiles start mid-block. 300 walkers span several CPU tiles, several Triton programs on a GPU
+    (at most 128 rows each) and 38 CUDA blocks (8 walkers each); under the Triton interpreter
+    the chain is shorter (8 steps, not 20) to keep the case near a second."""
+    require(device, backend)
+    n, steps = 300, (8 if (device, backend) == ("cpu", "triton") else 20)
+    e = _gmm(d, dtype, kind).to(device)
+    x0 = _x0(n, d, dtype).to(device)
+    # offsets wrap past 2^64 within the chain; log_w_steps checked on the weights runs
+    kw = dict(seed=3, offset=(1 << 64) - 7, mode=mode, return_log_w_steps=mode == "weights")
+    got = mixture_chain(x0, *e.chain_params(), steps, 0.05, backend=backend, **kw)
+    want = mixture_chain(x0.cpu(), *(t.cpu() for t in e.chain_params()), steps, 0.05, backend="reference", **kw)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(got.x, want.x, **tol)
-    torch.testing.assert_close(got.energy, want.energy, **tol)
-    torch.testing.assert_close(got.grad, want.grad, **tol)
-    assert torch.equal(got.accepted, want.accepted)
+    torch.testing.assert_close(got.x.cpu(), want.x, **tol)
+    torch.testing.assert_close(got.energy.cpu(), want.energy, **tol)
+    torch.testing.assert_close(got.grad.cpu(), want.grad, **tol)
+    assert torch.equal(got.accepted.cpu(), want.accepted)
     if mode == "mh":
-        assert 0 < int(got.accepted.sum()) < 300 * 20  # some proposals rejected, some accepted
+        assert 0 < int(got.accepted.sum()) < n * steps  # some proposals rejected, some accepted
     else:
-        assert torch.equal(got.accepted, torch.full((300,), 20))
+        assert torch.equal(got.accepted.cpu(), torch.full((n,), steps))
     if mode == "weights":
-        torch.testing.assert_close(got.log_w, want.log_w, rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-9)
+        lw_tol = dict(rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-9)
+        torch.testing.assert_close(got.log_w.cpu(), want.log_w, **lw_tol)
+        torch.testing.assert_close(got.log_w_steps.cpu(), want.log_w_steps, **lw_tol)
         assert got.log_w.abs().max() > 1e-3  # the weights moved
     # the inputs are untouched
-    assert torch.equal(x0, _x0(300, d, dtype))
+    assert torch.equal(x0.cpu(), _x0(n, d, dtype))
 
 
-def test_log_w_steps_are_the_per_step_weights():
-    require("cpu", "cpu")
-    e = _gmm(7, torch.float64, "diag")
-    x0 = _x0(64, 7, torch.float64)
-    for be in BACKENDS:
-        full = mixture_chain(x0, *e.chain_params(), 6, 0.05, seed=1, mode="weights", return_log_w_steps=True,
-                             backend=be)
-        assert full.log_w_steps.shape == (6, 64)
-        for t in (1, 4):
-            part = mixture_chain(x0, *e.chain_params(), t, 0.05, seed=1, mode="weights", backend=be)
-            torch.testing.assert_close(full.log_w_steps[t - 1], part.log_w, rtol=0, atol=1e-12)
-        torch.testing.assert_close(full.log_w_steps[-1], full.log_w, rtol=0, atol=0)
+@pytest.mark.parametrize("device,backend", CASES)
+def test_log_w_steps_are_the_per_step_weights(device, backend):
+    require(device, backend)
+    e = _gmm(7, torch.float64, "diag").to(device)
+    x0 = _x0(64, 7, torch.float64).to(device)
+    full = mixture_chain(x0, *e.chain_params(), 6, 0.05, seed=1, mode="weights", return_log_w_steps=True,
+                         backend=backend)
+    assert full.log_w_steps.shape == (6, 64)
+    for t in (1, 4):
+        part = mixture_chain(x0, *e.chain_params(), t, 0.05, seed=1, mode="weights", backend=backend)
+        torch.testing.assert_close(full.log_w_steps[t - 1], part.log_w, rtol=0, atol=1e-12)
+    torch.testing.assert_close(full.log_w_steps[-1], full.log_w, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mh", [False, True])
-def test_sample_fused_equals_step_by_step(backend, dtype, mh):
-    require("cpu", backend)
-    e = _gmm(50, dtype)
-    x0 = _x0(200, 50, dtype)
-    fused = fl.sample(e, x0, 25, 0.1, seed=5, offset=11, mh=mh, backend=backend)
-    loop = fl.sample(_StepByStep(e), x0, 25, 0.1, seed=5, offset=11, mh=mh, backend=backend)
+def test_sample_fused_equals_step_by_step(device, backend, dtype, mh):
+    """Under the Triton interpreter 64 walkers x 10 steps (200 x 25 elsewhere)."""
+    require(device, backend)
+    n, steps = (64, 10) if (device, backend) == ("cpu", "triton") else (200, 25)
+    e = _gmm(50, dtype).to(device)
+    x0 = _x0(n, 50, dtype).to(device)
+    assert fused_chain_of(e, x0, backend) is not None  # sample() takes the fused path here
+    fused = fl.sample(e, x0, steps, 0.1, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(_StepByStep(e), x0, steps, 0.1, seed=5, offset=11, mh=mh, backend=backend)
     if backend == "reference":  # the oracle chain is literally the loop's arithmetic
         assert torch.equal(fused.x, loop.x)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -100,7 +113,7 @@ def test_sample_fused_equals_step_by_step(backend, dtype, mh):
     if mh:
         torch.testing.assert_close(fused.acceptance, loop.acceptance, rtol=0, atol=1e-12)
         assert 0.3 < float(fused.acceptance) < 1.0
-    other = fl.sample(e, x0, 25, 0.1, seed=6, offset=11, mh=mh, backend=backend)
+    other = fl.sample(e, x0, steps, 0.1, seed=6, offset=11, mh=mh, backend=backend)
     assert (other.x - fused.x).abs().max() > 0.1
 
 
@@ -115,25 +128,32 @@ def test_sample_gaussian_fused_equals_autograd():
     torch.testing.assert_close(fused.energy, loop.energy, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("weights,resample", [(False, None), (True, None), (True, "systematic"), (True, "multinomial")])
-def test_walkers_fused_equals_step_by_step(backend, weights, resample):
+def test_walkers_fused_equals_step_by_step(device, backend, weights, resample):
     """Walkers.step(n) fused (speculate-and-replay around resampling) against the loop: same
     resampling steps, same walkers and weights. ess_threshold 0.95 makes resampling fire
-    several times within the 70 steps (asserted), including inside one speculative chunk."""
-    require("cpu", backend)
-    e = _gmm(6, torch.float64, "diag")
-    x0 = _x0(256, 6, torch.float64)
+    several times within the 70 steps (asserted), including inside one speculative chunk.
+    Under the Triton interpreter (seconds per case) only the weights + systematic case runs,
+    12 + 12 steps (resampling still fires 3 times): the other cases differ from it in the
+    resampling scheme, or run the chain modes that test_kernel_equals_reference covers."""
+    require(device, backend)
+    interp = (device, backend) == ("cpu", "triton")
+    if interp and (weights, resample) != (True, "systematic"):
+        pytest.skip("interpreter: the weights + systematic case stands for the others (time)")
+    s1, s2 = (12, 12) if interp else (30, 40)
+    e = _gmm(6, torch.float64, "diag").to(device)
+    x0 = _x0(256, 6, torch.float64).to(device)
     kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
     w1, w2 = fl.Walkers(e, x0, 0.05, **kw), fl.Walkers(_StepByStep(e), x0, 0.05, **kw)
-    w1.step(30)
-    w2.step(30)
+    w1.step(s1)
+    w2.step(s1)
     # a parameter change between calls: the first step's increment uses the cached old energy
     with torch.no_grad():
         e.means.add_(0.1)
-    w1.step(40)
-    w2.step(40)
-    assert w1.steps == w2.steps == 70
+    w1.step(s2)
+    w2.step(s2)
+    assert w1.steps == w2.steps == s1 + s2
     assert int(w1.n_resampled) == int(w2.n_resampled)
     if resample is not None:
         assert int(w1.n_resampled) >= 3
@@ -160,10 +180,14 @@ def test_chain_errors():
         mixture_chain(x, *p, 3, 0.1, energy=torch.zeros(8))
     with pytest.raises(TypeError, match="mixture_chain: x must be float32 or float64"):
         mixture_chain(x.half(), *p, 3, 0.1)
-    status = fl.backends()["triton"]
-    if status is True:
-        with pytest.raises(ValueError, match="mixture_chain: backend 'triton' has no fused chain kernel"):
-            mixture_chain(x, *p, 3, 0.1, backend="triton")
+    # the backend rule of sample() / Walkers: mixture chains on every backend (CUDA up to d = 512),
+    # MLP chains on cpu and reference only
+    for be in ("cpu", "reference", "triton", "cuda"):
+        assert fused_chain_of(e, x, be) is not None
+    assert fused_chain_of(GaussianMixture(torch.zeros(2, 513), torch.zeros(2)), torch.zeros(3, 513), "cuda") is None
+    mlp = MLPEnergy(4, hidden=8, depth=1)
+    assert fused_chain_of(mlp, x, "cpu") is not None
+    assert fused_chain_of(mlp, x, "triton") is None and fused_chain_of(mlp, x, "cuda") is None
 
 
 def test_sample_non_finite_in_fused_chain():

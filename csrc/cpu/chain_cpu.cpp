@@ -18,14 +18,13 @@
 #include <limits>
 #include <vector>
 
+#include "../chain_run.h"
 #include "../log_ratio.h"
 #include "../philox.h"
 #include "normals_cpu.h"
 
 namespace fastlangevin {
 namespace {
-
-constexpr uint64_t kMhStream = uint64_t(1) << 62;  // fastlangevin.walkers.MH_STREAM
 
 // Elements per tile: the same 2048 as langevin_step's noise chunk (kChunk, measured there);
 // the five [rows, d] tile buffers (x, grad, y, grad_y, noise) take 40 KiB in float32, inside
@@ -36,21 +35,14 @@ constexpr int64_t kTileElems = 2048;
 // registers of float32).
 constexpr int kLanes = 16;
 
-enum Mode : int64_t { kUla = 0, kWeights = 1, kMala = 2 };
-
+// The run fields (N, n_steps, a, s, seed, offset, mode, rc, log_w, log_w_steps, accepted) come
+// from csrc/chain_run.h; the mixture's parameters are added here.
 template <typename T>
-struct ChainArgs {
-  const T* means;   // [K, d]
-  const T* iv;      // [K, d]
-  const T* coef;    // [K]
-  int64_t K, d, N, n_steps;
-  T a, s;
-  uint64_t seed, offset;
-  int64_t mode;
-  RatioCoef rc;
-  double* log_w;        // [N] or null
-  double* log_w_steps;  // [n_steps, N] or null
-  int64_t* accepted;    // [N]
+struct ChainArgs : ChainRun<T> {
+  const T* means;  // [K, d]
+  const T* iv;     // [K, d]
+  const T* coef;   // [K]
+  int64_t K, d;
 };
 
 // sum_j (v_j - m_j)^2 iv_j with kLanes independent partial sums.
@@ -131,7 +123,7 @@ FL_HD void run_tile(const ChainArgs<T>& c, int64_t r0, int64_t r1, TileBuffers<T
     } else {
       fill_normals_f64(c.seed, off, e0 / 4, nblocks, b.noise.data());
     }
-    const uint64_t mh_off = kMhStream | (off & (kMhStream - 1));
+    const uint64_t mh_off = mh_offset(off);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t lr = r - r0;
       T* __restrict__ x = xs + lr * d;
@@ -220,51 +212,21 @@ void mixture_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, cons
                        double noise_std, int64_t seed, int64_t offset, int64_t mode,
                        const std::optional<at::Tensor>& log_w, const std::optional<at::Tensor>& log_w_steps,
                        at::Tensor& accepted) {
-  // Guards for direct callers; fastlangevin/chain.py checks everything with friendly messages.
-  TORCH_CHECK(x.dim() == 2, "mixture_chain: x must be [N, d]");
-  const int64_t N = x.size(0), d = x.size(1);
-  TORCH_CHECK(means.dim() == 2 && means.size(1) == d, "mixture_chain: means must be [K, d]");
-  const int64_t K = means.size(0);
+  check_mixture_chain_args(x, energy, grad, means, inv_var, log_coef);
+  const int64_t N = x.size(0), d = x.size(1), K = means.size(0);
   const auto st = x.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "mixture_chain: x must be float32 or float64");
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&x, &energy, &grad, &means, &inv_var, &log_coef})
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == st, "mixture_chain: tensors must be contiguous, x's dtype");
-  TORCH_CHECK(grad.sizes() == x.sizes() && energy.dim() == 1 && energy.size(0) == N,
-              "mixture_chain: grad must be [N, d] and energy [N]");
-  TORCH_CHECK(inv_var.sizes() == means.sizes() && log_coef.dim() == 1 && log_coef.size(0) == K && K >= 1,
-              "mixture_chain: inv_var must be [K, d] and log_coef [K]");
-  TORCH_CHECK(mode >= kUla && mode <= kMala, "mixture_chain: mode must be 0 (ULA), 1 (weights) or 2 (MALA)");
-  TORCH_CHECK(n_steps >= 0, "mixture_chain: n_steps must be >= 0");
-  TORCH_CHECK(accepted.is_contiguous() && accepted.scalar_type() == at::kLong && accepted.numel() == N,
-              "mixture_chain: accepted must be int64 [N]");
-  TORCH_CHECK(mode != kWeights || log_w.has_value(), "mixture_chain: mode 1 (weights) needs log_w");
-  if (log_w)
-    TORCH_CHECK(log_w->is_contiguous() && log_w->scalar_type() == at::kDouble && log_w->numel() == N,
-                "mixture_chain: log_w must be float64 [N]");
-  if (log_w_steps)
-    TORCH_CHECK(log_w_steps->is_contiguous() && log_w_steps->scalar_type() == at::kDouble &&
-                    log_w_steps->numel() == n_steps * N,
-                "mixture_chain: log_w_steps must be float64 [n_steps, N]");
+  check_chain_state("mixture_chain", N, n_steps, mode, log_w, log_w_steps, accepted);
   if (N == 0 || n_steps == 0) return;
 
   AT_DISPATCH_FLOATING_TYPES(st, "mixture_chain_cpu", [&] {
     ChainArgs<scalar_t> c;
+    static_cast<ChainRun<scalar_t>&>(c) =
+        make_chain_run<scalar_t>(N, n_steps, step, noise_std, seed, offset, mode, log_w, log_w_steps, accepted);
     c.means = means.data_ptr<scalar_t>();
     c.iv = inv_var.data_ptr<scalar_t>();
     c.coef = log_coef.data_ptr<scalar_t>();
     c.K = K;
     c.d = d;
-    c.N = N;
-    c.n_steps = n_steps;
-    c.a = static_cast<scalar_t>(step);
-    c.s = static_cast<scalar_t>(noise_std);
-    c.seed = static_cast<uint64_t>(seed);
-    c.offset = static_cast<uint64_t>(offset);
-    c.mode = mode;
-    c.rc = ratio_coef(step, noise_std, 0.0);
-    c.log_w = mode == kWeights ? log_w->data_ptr<double>() : nullptr;
-    c.log_w_steps = (mode == kWeights && log_w_steps) ? log_w_steps->data_ptr<double>() : nullptr;
-    c.accepted = accepted.data_ptr<int64_t>();
     run_chain(c, x.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), energy.data_ptr<scalar_t>());
   });
   if (mode != kMala) accepted.add_(n_steps);

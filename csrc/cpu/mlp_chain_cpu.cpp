@@ -26,6 +26,7 @@
 #include <memory>
 #include <vector>
 
+#include "../chain_run.h"
 #include "../log_ratio.h"
 #include "../normal.h"
 #include "../philox.h"
@@ -34,8 +35,6 @@
 namespace fastlangevin {
 namespace {
 
-constexpr uint64_t kMhStream = uint64_t(1) << 62;  // fastlangevin.walkers.MH_STREAM
-enum Mode : int64_t { kUla = 0, kWeights = 1, kMala = 2 };
 enum Act : int64_t { kSilu = 0, kSoftplus = 1, kTanh = 2 };
 constexpr int64_t kMaxDepth = 4, kMaxHidden = 128;  // fastlangevin.chain.MLP_MAX_DEPTH / _HIDDEN
 
@@ -206,20 +205,16 @@ FL_HD void gemm_tile(const T* __restrict__ A, int64_t rows, int64_t K, const T* 
   }
 }
 
+// The run fields (N, n_steps, a, s, seed, offset, mode, rc, log_w, log_w_steps, accepted) come
+// from csrc/chain_run.h; the MLP's packed parameters are added here.
 template <typename T>
-struct MlpArgs {
-  int64_t depth, d, dP, HP, N, n_steps, act;
+struct MlpArgs : ChainRun<T> {
+  int64_t depth, d, dP, HP, act;
   const T* fwd[kMaxDepth];   // W_l^T padded: [IP_l, HP], IP_0 = dP, else HP
   const T* bwd[kMaxDepth];   // W_l padded: [HP, IP_l]
   const T* bias[kMaxDepth];  // [HP]
   const T* head;             // [HP]
-  T head_bias, inv_ref, a, s;
-  uint64_t seed, offset;
-  int64_t mode;
-  RatioCoef rc;
-  double* log_w;        // [N] or null
-  double* log_w_steps;  // [n_steps, N] or null
-  int64_t* accepted;    // [N]
+  T head_bias, inv_ref;
 };
 
 // sum_j increment_term(x_j, y_j, gx_j, gy_j) in float64 (csrc/log_ratio.h); the same sum as
@@ -341,7 +336,7 @@ FL_HD void run_tile(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, Tile
       continue;
     }
     mlp_eval<T, ACT>(c, R, ys, b.uy.data(), gys, b);
-    const uint64_t mh_off = kMhStream | (off & (kMhStream - 1));
+    const uint64_t mh_off = mh_offset(off);
     for (int64_t lr = 0; lr < nr; ++lr) {
       const int64_t r = r0 + lr;
       T* x = xs + lr * dP;
@@ -463,18 +458,7 @@ void mlp_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, at::Tens
   TORCH_CHECK(grad.sizes() == x.sizes() && energy.dim() == 1 && energy.size(0) == N,
               "mlp_chain: grad must be [N, d] and energy [N]");
   TORCH_CHECK(act >= kSilu && act <= kTanh, "mlp_chain: act must be 0 (silu), 1 (softplus) or 2 (tanh)");
-  TORCH_CHECK(mode >= kUla && mode <= kMala, "mlp_chain: mode must be 0 (ULA), 1 (weights) or 2 (MALA)");
-  TORCH_CHECK(n_steps >= 0, "mlp_chain: n_steps must be >= 0");
-  TORCH_CHECK(accepted.is_contiguous() && accepted.scalar_type() == at::kLong && accepted.numel() == N,
-              "mlp_chain: accepted must be int64 [N]");
-  TORCH_CHECK(mode != kWeights || log_w.has_value(), "mlp_chain: mode 1 (weights) needs log_w");
-  if (log_w)
-    TORCH_CHECK(log_w->is_contiguous() && log_w->scalar_type() == at::kDouble && log_w->numel() == N,
-                "mlp_chain: log_w must be float64 [N]");
-  if (log_w_steps)
-    TORCH_CHECK(log_w_steps->is_contiguous() && log_w_steps->scalar_type() == at::kDouble &&
-                    log_w_steps->numel() == n_steps * N,
-                "mlp_chain: log_w_steps must be float64 [n_steps, N]");
+  check_chain_state("mlp_chain", N, n_steps, mode, log_w, log_w_steps, accepted);
   if (N == 0 || n_steps == 0) return;
 
   AT_DISPATCH_FLOATING_TYPES(st, "mlp_chain_cpu", [&] {
@@ -501,12 +485,12 @@ void mlp_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, at::Tens
     std::copy(weights[depth].data_ptr<T>(), weights[depth].data_ptr<T>() + H, head.data());
 
     MlpArgs<T> c;
+    static_cast<ChainRun<T>&>(c) =
+        make_chain_run<T>(N, n_steps, step, noise_std, seed, offset, mode, log_w, log_w_steps, accepted);
     c.depth = depth;
     c.d = d;
     c.dP = dP;
     c.HP = HP;
-    c.N = N;
-    c.n_steps = n_steps;
     c.act = act;
     for (int64_t l = 0; l < depth; ++l) {
       c.fwd[l] = fwd[l].data();
@@ -516,16 +500,6 @@ void mlp_chain_cpu(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, at::Tens
     c.head = head.data();
     c.head_bias = biases[depth].data_ptr<T>()[0];
     c.inv_ref = static_cast<T>(inv_ref_var);
-    c.a = static_cast<T>(step);
-    c.s = static_cast<T>(noise_std);
-    c.seed = static_cast<uint64_t>(seed);
-    c.offset = static_cast<uint64_t>(offset);
-    c.mode = mode;
-    // The gradient already holds the reference term (it is part of the energy): no inv_ref here.
-    c.rc = ratio_coef(step, noise_std, 0.0);
-    c.log_w = mode == kWeights ? log_w->data_ptr<double>() : nullptr;
-    c.log_w_steps = (mode == kWeights && log_w_steps) ? log_w_steps->data_ptr<double>() : nullptr;
-    c.accepted = accepted.data_ptr<int64_t>();
     run_chain(c, x.data_ptr<T>(), grad.data_ptr<T>(), energy.data_ptr<T>());
   });
   if (mode != kMala) accepted.add_(n_steps);

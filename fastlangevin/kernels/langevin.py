@@ -21,10 +21,10 @@ import triton
 import triton.language as tl
 
 # Philox4x32-10 constants (Random123). Python ints >= 2**31 become uint32 constants in Triton.
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
 
 # 1024 elements (256 Philox blocks) per program with 4 warps: 8 elements per thread.
 DEFAULT_BLOCK = 1024

@@ -16,9 +16,9 @@ from .. import reference
 from .langevin import _block_for, _load_words, _philox4x32_10, _words
 
 SCHEME_IDS = {name: i for i, name in enumerate(reference.RESAMPLE_SCHEMES)}
-MULTINOMIAL: tl.constexpr = SCHEME_IDS["multinomial"]
-SYSTEMATIC: tl.constexpr = SCHEME_IDS["systematic"]
-RESIDUAL: tl.constexpr = SCHEME_IDS["residual"]
+MULTINOMIAL = tl.constexpr(SCHEME_IDS["multinomial"])
+SYSTEMATIC = tl.constexpr(SCHEME_IDS["systematic"])
+RESIDUAL = tl.constexpr(SCHEME_IDS["residual"])
 
 
 @triton.jit

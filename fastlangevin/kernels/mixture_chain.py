@@ -1,0 +1,204 @@
+"""Triton kernel of the fused Gaussian-mixture chain (fastlangevin.chain.mixture_chain, backend
+"triton"): ULA, Jarzynski weights and MALA, float32 and float64, in one launch.
+
+One program owns BLOCK_N walkers for all n_steps. Their x [BLOCK_N, DP], grad [BLOCK_N, DP]
+and energy [BLOCK_N] stay in registers (DP = d rounded up to a power of two; padded columns
+hold zeros and meet zero means / inverse variances, so they add nothing). Step k:
+
+    y = (x - a g) + s xi_k                         xi_k: langevin_step's normals at offset + k
+    q_c(y) = log_coef_c - 1/2 sum_j (y_j - means_cj)^2 inv_var_cj
+    U(y) = -logsumexp_c q_c(y),  grad U(y) = sum_c softmax(q(y))_c (y - means_c) inv_var_c
+    "ula" (MODE 0):     x <- y
+    "weights" (MODE 1): log_w += (U(x) - U(y)) + sum_j increment_term   (csrc/log_ratio.h); x <- y
+    "mh" (MODE 2):      x <- y where log u < the same increment, u = resample uniform n of
+                        stream (seed, MH_STREAM | ((offset + k) mod 2^62))
+
+The K components are visited once per step with an online logsumexp (running max, rescaled sum
+and rescaled gradient accumulator), so no [BLOCK_N, K] tile is needed and K is a runtime loop
+bound; the C++ kernels take the max first and differ from this in the last bits only. The
+parameters are re-read every step (they are small and stay in L1/L2; Triton gives no explicit
+shared-memory control). The log-weight increment is accumulated in float64, as every backend does.
+
+Noise: element n * d + j of step k is Philox block (n * d + j) // 4, lane (n * d + j) % 4 of
+stream (seed, offset + k). The rows of a program are padded to DP columns, so the tile is not
+the contiguous element range that langevin_step's interleave produces: each element computes
+its block's words and selects its lane (up to 4x the Philox work of the step kernel; the
+component loop dominates for K >= 2). Scalars enter as float32 halves (kernels/langevin.py
+f32_halves) so float64 walkers get their step and noise std to 48 bits.
+
+Naming as in kernels/langevin.py (p_ pointers, b_ blocks, o_ offsets, m_ masks).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import MH_STREAM
+from .langevin import _box_muller, _philox4x32_10, _words, f32_halves
+from .resample import _resample_uniforms
+
+MH_STREAM_C = tl.constexpr(MH_STREAM)
+
+# Elements of the walker tile per program on a GPU: 2048 (16 per thread with 4 warps) keeps x,
+# grad, y, grad_y, the gradient accumulator and the noise in registers. Untuned: no GPU has run
+# this kernel yet. Under TRITON_INTERPRET=1 a program is one numpy evaluation of its tile, so
+# the tile is large there (fewer programs, less interpreter overhead per step).
+GPU_TILE = 2048
+INTERPRETER_TILE = 65536
+MAX_BLOCK_N = 128
+
+
+@triton.jit
+def _mixture_eval(b_v, p_means, p_iv, p_coef, o_d, m_d, d, n_comp, BLOCK_N: tl.constexpr, DP: tl.constexpr,
+                  ACC: tl.constexpr):
+    """(U [BLOCK_N], grad U [BLOCK_N, DP]) of the mixture at b_v [BLOCK_N, DP], online logsumexp."""
+    b_max = tl.full([BLOCK_N], float("-inf"), dtype=ACC)
+    b_sum = tl.zeros([BLOCK_N], dtype=ACC)
+    b_gacc = tl.zeros([BLOCK_N, DP], dtype=ACC)
+    for c in range(n_comp):
+        b_m = tl.load(p_means + c * d + o_d, mask=m_d, other=0).to(ACC)
+        b_iv = tl.load(p_iv + c * d + o_d, mask=m_d, other=0).to(ACC)
+        coef = tl.load(p_coef + c).to(ACC)
+        diff = b_v - b_m[None, :]
+        div = diff * b_iv[None, :]
+        q = coef - 0.5 * tl.sum(diff * div, axis=1)
+        new_max = tl.maximum(b_max, q)
+        scale = tl.exp(b_max - new_max)  # 0 on the first component (b_max = -inf)
+        w = tl.exp(q - new_max)
+        b_sum = b_sum * scale + w
+        b_gacc = b_gacc * scale[:, None] + w[:, None] * div
+        b_max = new_max
+    return -(b_max + tl.log(b_sum)), b_gacc * (1.0 / b_sum)[:, None]
+
+
+@triton.jit(do_not_specialize=["n", "d", "n_comp", "n_steps", "seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _mixture_chain_kernel(
+    p_x, p_u, p_g,              # [N, d], [N], [N, d] (x's dtype): state, updated in place
+    p_means, p_iv, p_coef,      # [K, d], [K, d], [K] (x's dtype)
+    p_lw, p_steps, p_acc,       # [N] float64 (MODE 1), [n_steps, N] float64 (STEPS), [N] int64
+    n, d, n_comp, n_steps,
+    a_hi, a_lo, s_hi, s_lo,     # step size and noise std as float32 halves
+    seed_lo, seed_hi, off_lo, off_hi,
+    BLOCK_N: tl.constexpr, DP: tl.constexpr, MODE: tl.constexpr, FP64: tl.constexpr, STEPS: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    z64 = tl.zeros([1], dtype=tl.float64)  # (z64 + v) is float64; tl.sum of the 1-tile gives a scalar
+    a64 = tl.sum((z64 + a_hi) + a_lo, axis=0)
+    s64 = tl.sum((z64 + s_hi) + s_lo, axis=0)
+    if FP64:
+        a = a64
+        s = s64
+    else:
+        a = a_hi  # fp32(step): the C++ kernel's static_cast<float>(step)
+        s = s_hi
+    c1 = a64 / (s64 * s64)  # ratio_coef(step, noise_std, 0): csrc/log_ratio.h
+    c2 = 0.5 * a64 * c1
+
+    pid = tl.program_id(0)
+    o_n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    o_d = tl.arange(0, DP)
+    m_n = o_n < n
+    m_d = o_d < d
+    m_x = m_n[:, None] & m_d[None, :]
+    o_x = o_n[:, None] * d + o_d[None, :]
+    b_x = tl.load(p_x + o_x, mask=m_x, other=0)
+    b_g = tl.load(p_g + o_x, mask=m_x, other=0)
+    b_u = tl.load(p_u + o_n, mask=m_n, other=0)
+    b_acc = tl.load(p_acc + o_n, mask=m_n, other=0)
+    if MODE == 1:
+        b_lw = tl.load(p_lw + o_n, mask=m_n, other=0)
+    else:
+        b_lw = tl.zeros([BLOCK_N], dtype=tl.float64)
+    blk = o_x // 4
+    lane = o_x % 4
+    c0 = (blk & 0xFFFFFFFF).to(tl.uint32)
+    c1w = (blk >> 32).to(tl.uint32)
+    off0 = off_lo.to(tl.uint64) + (off_hi.to(tl.uint64) << 32)
+    k0 = seed_lo.to(tl.uint32)
+    k1 = seed_hi.to(tl.uint32)
+    o_st = o_n  # int64 offsets of log_w_steps[k] (k * n overflows int32 for large runs)
+    for k in range(n_steps):
+        off = off0 + k  # wraps mod 2^64 like sample()'s offsets
+        c2w = tl.zeros([BLOCK_N, DP], dtype=tl.uint32) + (off & 0xFFFFFFFF).to(tl.uint32)
+        c3w = tl.zeros([BLOCK_N, DP], dtype=tl.uint32) + (off >> 32).to(tl.uint32)
+        w0, w1, w2, w3 = _philox4x32_10(c0, c1w, c2w, c3w, k0, k1)
+        z0, z1 = _box_muller(w0, w1, FP64)
+        z2, z3 = _box_muller(w2, w3, FP64)
+        xi = tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
+        b_y = tl.where(m_x, (b_x - a * b_g) + s * xi, 0.0).to(ACC)  # langevin_step's order
+        u_y, g_y = _mixture_eval(b_y, p_means, p_iv, p_coef, o_d, m_d, d, n_comp, BLOCK_N, DP, ACC)
+        if MODE == 0:
+            b_x = b_y
+            b_g = g_y
+            b_u = u_y
+        else:
+            # alpha(x, y) - alpha(y, x): (U(x) - U(y)) + sum_j (y - x)(c1 P) + c2 (g_x - g_y) P,
+            # P = g_x + g_y (csrc/log_ratio.h increment_term without a reference term), float64.
+            x64 = b_x.to(tl.float64)
+            y64 = b_y.to(tl.float64)
+            gx64 = b_g.to(tl.float64)
+            gy64 = g_y.to(tl.float64)
+            pp = gx64 + gy64
+            inc = (b_u.to(tl.float64) - u_y.to(tl.float64)) + \
+                tl.sum((y64 - x64) * (c1 * pp) + c2 * (gx64 - gy64) * pp, axis=1)
+            if MODE == 1:
+                b_lw = b_lw + inc
+                if STEPS:
+                    tl.store(p_steps + o_st, b_lw, mask=m_n)
+                    o_st += n
+                b_x = b_y
+                b_g = g_y
+                b_u = u_y
+            else:
+                mh = MH_STREAM_C | (off & (MH_STREAM_C - 1))
+                u01 = _resample_uniforms(o_n, seed_lo, seed_hi, mh & 0xFFFFFFFF, mh >> 32)
+                take = tl.log(u01) < inc  # NaN ratios reject, as in sample()'s MALA
+                b_x = tl.where(take[:, None], b_y, b_x)
+                b_g = tl.where(take[:, None], g_y, b_g)
+                b_u = tl.where(take, u_y, b_u)
+                b_acc = b_acc + take.to(tl.int64)
+    if MODE != 2:
+        b_acc = b_acc + n_steps
+    if MODE == 1:
+        tl.store(p_lw + o_n, b_lw, mask=m_n)
+    tl.store(p_x + o_x, b_x, mask=m_x)
+    tl.store(p_g + o_x, b_g, mask=m_x)
+    tl.store(p_u + o_n, b_u, mask=m_n)
+    tl.store(p_acc + o_n, b_acc, mask=m_n)
+
+
+def block_rows(n: int, d: int, device: torch.device, tile=None) -> tuple[int, int]:
+    """(BLOCK_N, DP): DP = d rounded up to a power of two; BLOCK_N = the power of two of rows
+    that fills ``tile`` elements, at least 1, at most MAX_BLOCK_N on a GPU and at most the row
+    count (rounded up)."""
+    dp = triton.next_power_of_2(max(1, d))
+    if device.type == "cpu":
+        tile, cap = tile or INTERPRETER_TILE, INTERPRETER_TILE
+    else:
+        tile, cap = tile or GPU_TILE, MAX_BLOCK_N
+    rows = max(1, min(tile // dp, cap, triton.next_power_of_2(max(1, n))))
+    return 1 << (rows.bit_length() - 1), dp
+
+
+def mixture_chain_triton(x, energy, grad, means, inv_var, log_coef, n_steps: int, step: float, noise_std: float,
+                         seed: int, offset: int, mode: int, log_w, log_w_steps, accepted, tile=None) -> None:
+    """Launcher; arguments as in the C++ schema fastlangevin::mixture_chain (x [N, d], energy [N],
+    grad [N, d], updated in place, float32 or float64, contiguous; means, inv_var [K, d] and
+    log_coef [K] in x's dtype; mode 0 ULA, 1 weights, 2 MALA; log_w float64 [N] for mode 1;
+    log_w_steps float64 [n_steps, N] or None; accepted int64 [N], incremented)."""
+    n, d = x.shape
+    if n == 0 or n_steps == 0:
+        return
+    block_n, dp = block_rows(n, d, x.device, tile)
+    s_lo, s_hi = _words(seed)
+    o_lo, o_hi = _words(offset)
+    lw = log_w if log_w is not None else accepted  # never read unless MODE == 1 / STEPS
+    steps = log_w_steps if log_w_steps is not None else accepted
+    _mixture_chain_kernel[(triton.cdiv(n, block_n),)](
+        x, energy, grad, means, inv_var, log_coef, lw, steps, accepted,
+        n, d, means.shape[0], n_steps, *f32_halves(step), *f32_halves(noise_std),
+        s_lo, s_hi, o_lo, o_hi,
+        BLOCK_N=block_n, DP=dp, MODE=int(mode), FP64=x.dtype == torch.float64,
+        STEPS=log_w_steps is not None and int(mode) == 1,
+    )
