@@ -5,6 +5,10 @@ h = 0.1, noise sqrt(2h)), 1000 ULA steps, float32, side by side in one process:
 * ``eager``     the papers' code: per step, autograd through U(x) = -log sum_i exp(-|x - a_i|^2 / 2 - z_i)
                 and x - h grad + sqrt(2h) torch.randn_like(x) (GMM_code/GMM.py does this in float64
                 with torch.autograd; here float32 like every other bench).
+* ``compile``   torch.compile of that eager step (bench.baselines; compile time and graph
+                breaks in the note; not compiled in --quick).
+* ``torchebm``  TorchEBM 0.8.9's LangevinDynamics on the same energy, step 0.1, noise_scale 1
+                (= noise sqrt(2h); mapping in bench.baselines); n/a without torchebm.
 * ``sample``    fastlangevin.sample() step by step: closed-form grads
                 (GaussianMixture.energy_and_grad) and one fused langevin_step per step.
 * ``chain``     fastlangevin.sample() on the GaussianMixture itself: the whole chain in one
