@@ -4,6 +4,9 @@ its toy size), h = 0.01, noise sqrt(2h), float32, side by side in one process:
 
 * ``eager``      the trainers' loop: per step, torch.autograd.grad of U(x).sum() through the
                  nn.Sequential, then x - h grad + sqrt(2h) torch.randn_like(x).
+* ``compile``    torch.compile of that eager step (not compiled in --quick).
+* ``torchebm``   TorchEBM 0.8.9's LangevinDynamics on the same MLPEnergy, noise_scale 1
+                 (mapping in bench.baselines); n/a without torchebm.
 * ``sample``     fastlangevin.sample() step by step: closed-form grads
                  (MLPEnergy.energy_and_grad: torch matmuls, no autograd) and one fused
                  langevin_step per step.
