@@ -50,7 +50,7 @@ def failed(method: Any, why: str, settings: dict, note: str = "") -> _Candidate:
 def compile_first_call(fn: Callable, *args, device, **compile_kw) -> tuple[Optional[Callable], str]:
     """torch.compile(fn, dynamic=False, **compile_kw), then its first call fn(*args), timed
     (the compilation; inductor on CPU runs gcc: 4 to 16 s for a GMM Langevin step on the
-    2-core box). Returns (compiled, note) with note "compile X.X s, K graph breaks", or
+    2-core box). Returns (compiled, note) with note "compile X.X s, G graphs, K graph breaks", or
     (None, "ExceptionType: first line") when compilation or the first call fails.
 
     dynamic=False: each shape gets its own specialised code, the best case for compile (a
@@ -60,7 +60,16 @@ def compile_first_call(fn: Callable, *args, device, **compile_kw) -> tuple[Optio
     """
     import torch._dynamo
 
-    breaks_before = sum(torch._dynamo.utils.counters["graph_break"].values())
+    # Dynamo caches compiled code per Python code object, and every torch.compile of one
+    # function shares that cache: python -m bench compiles eager_step at 6 shapes and
+    # torch_resample at 16 (scheme x N). Past recompile_limit (8 in torch 2.14) dynamo silently
+    # runs the function eagerly, and the row would time eager under the name "compile" (seen:
+    # "compile 0.0 s" rows at N = 1e5 in a full run). 64 covers every bench; the graph count in
+    # the note shows what was compiled (0 new graphs: a cache hit, or a fallback).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    counters = torch._dynamo.utils.counters
+    breaks_before = sum(counters["graph_break"].values())
+    graphs_before = counters["stats"]["unique_graphs"]
     try:
         compiled = torch.compile(fn, dynamic=False, **compile_kw)
         t0 = time.perf_counter()
@@ -69,8 +78,9 @@ def compile_first_call(fn: Callable, *args, device, **compile_kw) -> tuple[Optio
         dt = time.perf_counter() - t0
     except Exception as e:  # no C++ compiler, inductor bugs, unsupported ops: report, go on
         return None, _short(e)
-    breaks = sum(torch._dynamo.utils.counters["graph_break"].values()) - breaks_before
-    return compiled, f"compile {dt:.1f} s, {breaks} graph breaks"
+    breaks = sum(counters["graph_break"].values()) - breaks_before
+    graphs = counters["stats"]["unique_graphs"] - graphs_before
+    return compiled, f"compile {dt:.1f} s, {graphs} graphs, {breaks} graph breaks"
 
 
 def compiled_candidate(method: Any, fn: Callable, args: tuple, call: Callable[[Callable], Callable],

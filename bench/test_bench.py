@@ -13,7 +13,8 @@
 * test_conv_quick_run: bench_conv at its quick size: the samplers and the net alone timed,
   overhead % for the samplers, cuda_graph "not measured (needs a GPU)" on CPU.
 * test_compile_*: bench.baselines' torch.compile helpers (with the cheap "eager" dynamo
-  backend, no C++ build): compile time in the note, a failure as a row note, not a crash.
+  backend, no C++ build): compile time in the note, a failure as a row note, not a crash, a
+  real graph per shape past dynamo's recompile limit.
 * test_write_results_*: the JSON (device, versions, commit) and its PNG under the same stem;
   ``python -m bench --quick --only bench_conv`` writes the module's and the run's files.
 * test_benchmark_*: the same step under pytest-benchmark (``pytest bench/ --benchmark-only``),
@@ -152,6 +153,18 @@ def test_compile_first_call_reports_time_and_failure():
 
     fn, note = baselines.compile_first_call(broken, x, device="cpu", backend="eager")
     assert fn is None and note == "ValueError: no kernel for this", note
+
+
+def _affine(t):
+    return 3 * t - 1
+
+
+def test_compile_first_call_past_dynamo_recompile_limit():
+    """python -m bench compiles one function at up to 16 shapes; past dynamo's default limit (8)
+    it would run eagerly under the name "compile". Each of 10 shapes must get its own graph."""
+    for n in range(1, 11):
+        fn, note = baselines.compile_first_call(_affine, torch.ones(n), device="cpu", backend="eager")
+        assert fn is not None and ", 1 graphs," in note, (n, note)
 
 
 def test_compiled_candidate_skipped_in_quick_is_not_timed():
