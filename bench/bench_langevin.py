@@ -2,6 +2,10 @@
 
 * ``eager``    the plain PyTorch line ``x - a*g + s*torch.randn_like(x)``: the baseline.
 * ``compile``  torch.compile of that same function (inductor: C++/OpenMP on CPU, Triton on GPU).
+               Not compiled in --quick. On CPU it is slower than eager because of the noise:
+               inductor draws the normals in its own generated per-element code, 8.5 ms for
+               randn_like of [1024, 64] against eager's 0.70 ms (one thread, load ~4), while the
+               arithmetic x - a*g compiles to eager's 0.11 ms (b4dc28c run: 0.11-0.42x eager).
 * every fastlangevin backend that is available and runs on the device's tensors:
   ``fastlangevin.langevin_step(x, g, a, seed=0, offset=k, out=out, backend=name)``.
 
