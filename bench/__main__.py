@@ -6,9 +6,11 @@ A benchmark module (bench/<module>.py) provides:
     run(device, quick) -> dict    measure; the payload has "name", "env", "rows"
     report(payload)               print env info and the results table
 
-This runner calls each in turn, writes each payload with common.write_results, and ends with a
-one-line-per-module summary. A module that fails to import or run is reported and the others
-still run; the exit status is 1 if any failed.
+This runner calls each in turn, writes each payload with common.write_results (JSON and its
+PNG under bench/results/), and ends with a one-line-per-module summary. The whole run is also
+written as bench-<device>-<commit>.json (env, summary, every payload) with its PNG: one panel
+of ratios per module, the figure README shows. A module that fails to import or run is
+reported and the others still run; the exit status is 1 if any failed.
 """
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ from typing import Optional, Sequence
 
 from . import common
 
-# Modules in run order. Add new ones here (bench_resample, chains) once they
-# exist; they are imported lazily so a broken or missing one does not stop the others.
+# Modules in run order, imported lazily so a broken or missing one does not stop the others.
 BENCHES: list[str] = [
     "bench_langevin",
     "bench_resample",
     "bench_jarzynski",
     "bench_chain",
     "bench_mlp_chain",
+    "bench_conv",
 ]
 
 
@@ -45,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not torch.cuda.is_available():
             p.error("--device cuda: no CUDA GPU is visible")
 
-    summary = []
+    summary, payloads = [], []
     for mod_name in args.only or BENCHES:
         t0 = time.perf_counter()
         entry = {"module": mod_name, "status": "ok", "rows": None, "seconds": None, "json": None}
@@ -53,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             mod = importlib.import_module(f"{__package__}.{mod_name}")
             payload = mod.run(device, args.quick)
             mod.report(payload)
+            payloads.append(payload)
             path = common.write_results(payload.get("name", getattr(mod, "NAME", mod_name)), payload)
             print(f"\nwrote {path}\n")
             rows = payload.get("rows", [])
@@ -71,6 +74,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("== summary")
     common.print_table(summary, [("module", "module"), ("status", "status"), ("rows", "rows"),
                                  ("seconds", "seconds", ".1f"), ("json", "results")])
+    if payloads:
+        path = common.write_results("bench" + ("-quick" if args.quick else ""), {
+            "name": "bench" + ("-quick" if args.quick else ""), "env": common.env_info(device),
+            "summary": summary, "payloads": payloads})
+        print(f"\nwrote {path} and {path.with_suffix('.png').name}")
     return 1 if any(e["status"].startswith("FAILED") for e in summary) else 0
 
 

@@ -5,6 +5,10 @@ h = 0.1, noise sqrt(2h)), 1000 ULA steps, float32, side by side in one process:
 * ``eager``     the papers' code: per step, autograd through U(x) = -log sum_i exp(-|x - a_i|^2 / 2 - z_i)
                 and x - h grad + sqrt(2h) torch.randn_like(x) (GMM_code/GMM.py does this in float64
                 with torch.autograd; here float32 like every other bench).
+* ``compile``   torch.compile of that eager step (bench.baselines; compile time and graph
+                breaks in the note; not compiled in --quick).
+* ``torchebm``  TorchEBM 0.8.9's LangevinDynamics on the same energy, step 0.1, noise_scale 1
+                (= noise sqrt(2h); mapping in bench.baselines); n/a without torchebm.
 * ``sample``    fastlangevin.sample() step by step: closed-form grads
                 (GaussianMixture.energy_and_grad) and one fused langevin_step per step.
 * ``chain``     fastlangevin.sample() on the GaussianMixture itself: the whole chain in one
@@ -27,10 +31,12 @@ import torch
 
 try:  # run as `python -m bench.bench_chain` / imported as bench.bench_chain
     from . import common
+    from .baselines import chain_baselines
     from .bench_langevin import _Candidate, _measure_interleaved
 except ImportError:  # run as a file: `python bench/bench_chain.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import common
+    from bench.baselines import chain_baselines
     from bench.bench_langevin import _Candidate, _measure_interleaved
 
 import fastlangevin
@@ -39,6 +45,7 @@ from fastlangevin.energies import GaussianMixture
 NAME = "chain"
 
 STEP_SIZE = 0.1
+NOISE_STD = math.sqrt(2.0 * STEP_SIZE)
 DTYPE = torch.float32
 # [N walkers, d, steps]
 SIZES: list[tuple[int, int, int]] = [(10_000, 50, 1000)]
@@ -66,15 +73,10 @@ def carbone_gmm(d: int, dtype=DTYPE) -> GaussianMixture:
     return GaussianMixture(means, torch.tensor([0.25, 0.75], dtype=dtype).log(), learnable=False)
 
 
-def eager_chain(x: torch.Tensor, a: torch.Tensor, z: torch.Tensor, n_steps: int, h: float) -> torch.Tensor:
-    """The papers' loop: autograd gradient of U = -logsumexp(-|x - a_i|^2 / 2 - z_i), then ULA."""
-    s = math.sqrt(2.0 * h)
-    for _ in range(n_steps):
-        xr = x.detach().requires_grad_(True)
-        u = -torch.logsumexp(-0.5 * ((xr[:, None, :] - a) ** 2).sum(-1) - z, dim=1)
-        (g,) = torch.autograd.grad(u.sum(), xr)
-        x = x - h * g + s * torch.randn_like(x)
-    return x
+def gmm_energy(x: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The papers' energy written in torch ops: x [N, d], means a [K, d], z [K] (-log weights)
+    -> U [N] = -logsumexp_i(-|x - a_i|^2 / 2 - z_i)."""
+    return -torch.logsumexp(-0.5 * ((x[:, None, :] - a) ** 2).sum(-1) - z, dim=1)
 
 
 class _ClosedFormOnly(torch.nn.Module):
@@ -155,9 +157,9 @@ def run(
         x0[: n // 2, 0] -= 10.0
         x0[n // 2:, 0] += 6.0
         seeds = iter(range(1, 1 << 30))
-        cands = [
-            _Candidate("eager", lambda: eager_chain(x0, means, z, steps, STEP_SIZE), settings,
-                       note="autograd + torch.randn_like per step"),
+        cands = chain_baselines(lambda x: gmm_energy(x, means, z), x0, steps, STEP_SIZE, NOISE_STD, settings,
+                                dev, quick=quick)
+        cands += [
             _Candidate("sample", lambda: fastlangevin.sample(_ClosedFormOnly(gmm), x0, steps, STEP_SIZE,
                                                               seed=next(seeds)), settings,
                        note="closed-form grad + fused step, per step"),
@@ -179,7 +181,7 @@ def run(
             "quick": quick,
             "dtype": str(DTYPE),
             "step_size": STEP_SIZE,
-            "noise_std": math.sqrt(2 * STEP_SIZE),
+            "noise_std": NOISE_STD,
             "energy": "Carbone et al. GMM: modes -10 e1, 6 e1, masses 1/4, 3/4, unit variance",
             "sizes": [list(s) for s in sizes],
             "timing": settings,

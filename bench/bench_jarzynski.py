@@ -10,7 +10,9 @@ side in one process:
 
 per fastlangevin backend available on the device, and ``eager``: the same composition in plain
 PyTorch (``x - a*g + s*torch.randn_like(x)`` and fastlangevin.reference.jarzynski_increment_ref,
-the float64 formula). The headline column is weighted / step; the target is <= 1.5.
+the float64 formula), and ``compile``: torch.compile of each of eager's three functions
+(compile time in the note; not compiled in --quick). The headline column is weighted / step;
+the target is <= 1.5.
 
 Bytes: the increment reads x_old, g_old, x_new, g_new (16 bytes per float32 element) and the
 step reads 8 and writes 4, so on a bandwidth-bound device the weighted step moves 28 / 12 = 2.3x
@@ -30,11 +32,13 @@ import torch
 
 try:  # run as `python -m bench.bench_jarzynski` / imported as bench.bench_jarzynski
     from . import common
-    from .bench_langevin import BACKEND_ORDER, FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
+    from .baselines import compiled_candidate
+    from .bench_langevin import BACKEND_ORDER, FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan, eager_step
 except ImportError:  # run as a file: `python bench/bench_jarzynski.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import common
-    from bench.bench_langevin import BACKEND_ORDER, FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
+    from bench.baselines import compiled_candidate
+    from bench.bench_langevin import BACKEND_ORDER, FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan, eager_step
 
 import fastlangevin
 from fastlangevin import reference
@@ -68,7 +72,7 @@ COLUMNS = [
 
 def eager_weighted(x, g, u, g_new, u_new, a: float, s: float):
     """The plain-PyTorch composition: step x -> y, then the float64 reference increment."""
-    y = x - a * g + s * torch.randn_like(x)
+    y = eager_step(x, g, a, s)
     return y, reference.jarzynski_increment_ref(x, g, u, y, g_new, u_new, a, s)
 
 
@@ -77,7 +81,7 @@ def _row(size, method, times: dict[str, Optional[_Candidate]], note: str = "") -
     time_s is the weighted step's time: the number this benchmark is about."""
     t = {k: (statistics.median(c.times) if c is not None and c.error is None and c.times else None)
          for k, c in times.items()}
-    errors = [c.error for c in times.values() if c is not None and c.error]
+    errors = list(dict.fromkeys(c.error for c in times.values() if c is not None and c.error))  # once each
     spreads = [100.0 * (max(c.times) - min(c.times)) / statistics.median(c.times)
                for c in times.values() if c is not None and c.times]
     numel = size[0] * size[1]
@@ -142,10 +146,22 @@ def run(
             plan.append((method, {"step": _Candidate("step", step, cfg), "weighted": _Candidate("weighted", weighted, cfg),
                                   "increment": _Candidate("increment", increment, cfg)}, note))
 
-        add("eager", lambda: x - a * g + s * torch.randn_like(x),
+        add("eager", lambda: eager_step(x, g, a, s),
             lambda: eager_weighted(x, g, u, g_new, u_new, a, s),
             lambda: reference.jarzynski_increment_ref(x, g, u, y, g_new, u_new, a, s), settings,
             note="torch ops + float64 reference formula")
+        # torch.compile of each eager composition (compiled on its first call, outside the
+        # timing; compile time in the note). Skipped in --quick.
+        compiled = {
+            "step": compiled_candidate("step", eager_step, (x, g, a, s), lambda c: lambda: c(x, g, a, s),
+                                       settings, dev, quick=quick),
+            "weighted": compiled_candidate("weighted", eager_weighted, (x, g, u, g_new, u_new, a, s),
+                                           lambda c: lambda: c(x, g, u, g_new, u_new, a, s), settings, dev, quick=quick),
+            "increment": compiled_candidate("increment", reference.jarzynski_increment_ref, (x, g, u, y, g_new, u_new, a, s),
+                                            lambda c: lambda: c(x, g, u, y, g_new, u_new, a, s), settings, dev,
+                                            quick=quick),
+        }
+        plan.append(("compile", compiled, "; ".join(f"{k}: {c.note}" for k, c in compiled.items() if c.note)))
         for name in backends_run:
             if name == "reference" and size != sizes[0]:
                 # Its step is the Philox oracle in int64 tensor ops: 2.2 s a call at 10000x50 (3 of

@@ -2,6 +2,10 @@
 
 * ``eager``    the plain PyTorch line ``x - a*g + s*torch.randn_like(x)``: the baseline.
 * ``compile``  torch.compile of that same function (inductor: C++/OpenMP on CPU, Triton on GPU).
+               Not compiled in --quick. On CPU it is slower than eager because of the noise:
+               inductor draws the normals in its own generated per-element code, 8.5 ms for
+               randn_like of [1024, 64] against eager's 0.70 ms (one thread, load ~4), while the
+               arithmetic x - a*g compiles to eager's 0.11 ms (b4dc28c run: 0.11-0.42x eager).
 * every fastlangevin backend that is available and runs on the device's tensors:
   ``fastlangevin.langevin_step(x, g, a, seed=0, offset=k, out=out, backend=name)``.
 
@@ -20,7 +24,6 @@ import itertools
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -129,8 +132,11 @@ def _measure_interleaved(cands: list[_Candidate], device: torch.device) -> None:
     """Warm up and calibrate each candidate, then time them round-robin: repeat r of every
     method runs before repeat r + 1 of any. On a shared machine a burst of foreign load then
     hits all methods of a size alike instead of one, and the median per method discards it;
-    the ratios to eager are what this protects. Fills c.times (or c.error)."""
+    the ratios to eager are what this protects. Fills c.times (or c.error); a candidate whose
+    error is already set (baselines.failed: not installed, skipped) is left untimed."""
     for c in cands:
+        if c.error is not None:
+            continue
         try:
             for _ in range(c.settings["warmup"]):
                 c.fn()
@@ -211,11 +217,7 @@ def run(
     slow_settings = QUICK if quick else SLOW
     backends_run, not_run = backend_plan(dev)
 
-    # One compiled function for all sizes. dynamic=False: each shape gets its own specialised
-    # kernel (the best case for compile; a sampler's shapes are fixed). Compilation happens on
-    # the first call at each size, outside timing; its wall time goes in the row's note.
-    compiled = torch.compile(eager_step, dynamic=False)
-    compile_error: Optional[str] = None
+    from bench.baselines import compiled_candidate  # here: baselines imports this module
 
     rows: list[dict[str, Any]] = []
 
@@ -236,19 +238,10 @@ def run(
         # eager: allocates its result (and the noise) per call, as the one-liner does in user code.
         cands.append(_Candidate("eager", lambda: eager_step(x, g, STEP_SIZE, NOISE_STD), settings))
 
-        if compile_error is None:
-            try:
-                t0 = time.perf_counter()
-                compiled(x, g, STEP_SIZE, NOISE_STD)
-                common.sync(dev)
-                compile_s = time.perf_counter() - t0
-            except Exception as e:  # no C++ compiler / triton, inductor bugs: report, go on
-                compile_error = _short(e)
-        if compile_error is None:
-            cands.append(_Candidate("compile", lambda: compiled(x, g, STEP_SIZE, NOISE_STD), settings,
-                                    note=f"first call {compile_s:.1f} s"))
-        else:
-            fixed_rows["compile"] = _row(size, "compile", None, peak=peak_gbps, note=f"n/a: {compile_error}")
+        # torch.compile of eager_step, compiled per size (dynamic=False) on its first call,
+        # outside the timing; the compile time goes in the row's note. Skipped in --quick.
+        cands.append(compiled_candidate("compile", eager_step, (x, g, STEP_SIZE, NOISE_STD),
+                                        lambda c: lambda: c(x, g, STEP_SIZE, NOISE_STD), settings, dev, quick=quick))
 
         for name in backends_run:
             if name == "reference" and size[0] * size[1] > REFERENCE_MAX_NUMEL and size != sizes[0]:

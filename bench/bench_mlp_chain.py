@@ -4,6 +4,9 @@ its toy size), h = 0.01, noise sqrt(2h), float32, side by side in one process:
 
 * ``eager``      the trainers' loop: per step, torch.autograd.grad of U(x).sum() through the
                  nn.Sequential, then x - h grad + sqrt(2h) torch.randn_like(x).
+* ``compile``    torch.compile of that eager step (not compiled in --quick).
+* ``torchebm``   TorchEBM 0.8.9's LangevinDynamics on the same MLPEnergy, noise_scale 1
+                 (mapping in bench.baselines); n/a without torchebm.
 * ``sample``     fastlangevin.sample() step by step: closed-form grads
                  (MLPEnergy.energy_and_grad: torch matmuls, no autograd) and one fused
                  langevin_step per step.
@@ -40,11 +43,13 @@ import torch
 
 try:  # run as `python -m bench.bench_mlp_chain` / imported as bench.bench_mlp_chain
     from . import common
+    from .baselines import chain_baselines
     from .bench_chain import _ClosedFormOnly, measure_rows
     from .bench_langevin import _Candidate
 except ImportError:  # run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import common
+    from bench.baselines import chain_baselines
     from bench.bench_chain import _ClosedFormOnly, measure_rows
     from bench.bench_langevin import _Candidate
 
@@ -54,6 +59,7 @@ from fastlangevin.energies import MLPEnergy
 NAME = "mlp_chain"
 
 STEP_SIZE = 0.01
+NOISE_STD = math.sqrt(2.0 * STEP_SIZE)
 DTYPE = torch.float32
 HIDDEN, DEPTH, ACT = 128, 3, "silu"
 # [N walkers, d, steps]
@@ -73,16 +79,6 @@ COLUMNS = [
     ("spread_pct", "spread %", ".0f"),
     ("note", "note"),
 ]
-
-
-def eager_chain(energy: torch.nn.Module, x: torch.Tensor, n_steps: int, h: float) -> torch.Tensor:
-    """The trainers' loop: autograd gradient of U, then ULA with torch.randn_like."""
-    s = math.sqrt(2.0 * h)
-    for _ in range(n_steps):
-        xr = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(energy(xr).sum(), xr)
-        x = x - h * g + s * torch.randn_like(x)
-    return x
 
 
 def run(
@@ -110,9 +106,8 @@ def run(
         energy.requires_grad_(False)  # sampling only, as in a trainer's negative phase
         x0 = torch.rand(n, d, dtype=DTYPE, device=dev, generator=gen)  # digits live in [0, 1]
         seeds = iter(range(1, 1 << 30))
-        cands = [
-            _Candidate("eager", lambda: eager_chain(energy, x0, steps, STEP_SIZE), settings,
-                       note="autograd + torch.randn_like per step"),
+        cands = chain_baselines(energy, x0, steps, STEP_SIZE, NOISE_STD, settings, dev, quick=quick)
+        cands += [
             _Candidate("sample", lambda: fastlangevin.sample(_ClosedFormOnly(energy), x0, steps, STEP_SIZE,
                                                               seed=next(seeds)), settings,
                        note="closed-form grad (torch matmuls) + fused step, per step"),
@@ -134,7 +129,7 @@ def run(
             "quick": quick,
             "dtype": str(DTYPE),
             "step_size": STEP_SIZE,
-            "noise_std": math.sqrt(2 * STEP_SIZE),
+            "noise_std": NOISE_STD,
             "energy": f"MLPEnergy(d, hidden={HIDDEN}, depth={DEPTH}, act={ACT!r}), torch.manual_seed(0) init",
             "sizes": [list(s) for s in sizes],
             "timing": settings,

@@ -7,6 +7,8 @@ one process:
 * every fastlangevin backend that is available and runs on the device's tensors, for each scheme:
   ``fastlangevin.resample(log_w, scheme, seed=0, offset=k, backend=name)``; the
   ``reference`` backend is the pure-torch composition (tables, Philox uniforms, searchsorted).
+* ``compile``: torch.compile of the baseline, and of each scheme's pure-torch composition with
+  torch.rand uniforms (torch_resample); compile time in the note, not compiled in --quick.
 
 Log-weights are 1.5 * N(0, 1) with 10% of the walkers dead (-inf), as after a few SMC steps.
 
@@ -25,13 +27,16 @@ import torch
 
 try:  # run as `python -m bench.bench_resample` / imported as bench.bench_resample
     from . import common
+    from .baselines import compiled_candidate
     from .bench_langevin import FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
 except ImportError:  # run as a file: `python bench/bench_resample.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import common
+    from bench.baselines import compiled_candidate
     from bench.bench_langevin import FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
 
 import fastlangevin  # noqa: F401  (backends())
+from fastlangevin import reference
 from fastlangevin import resampling as rs
 
 NAME = "resample"
@@ -64,6 +69,15 @@ def log_weights(n: int, device: torch.device, seed: int = 0) -> torch.Tensor:
 def torch_multinomial(log_w: torch.Tensor) -> torch.Tensor:
     """The baseline: log-weights [N] -> N ancestors drawn with replacement by torch's generator."""
     return torch.multinomial(torch.softmax(log_w, 0), log_w.shape[0], replacement=True)
+
+
+def torch_resample(log_w: torch.Tensor, scheme: str) -> torch.Tensor:
+    """The reference backend's composition with torch's own uniforms: log-weights [N] ->
+    ancestors int64 [N] (resample_ref with torch.rand float64 uniforms, [1] for systematic).
+    What torch.compile is given: the reference backend's Philox in int64 tensor ops takes a
+    Python int offset, which dynamo specialises on (a recompile per call)."""
+    n = 1 if scheme == "systematic" else log_w.shape[0]
+    return reference.resample_ref(log_w, scheme, uniforms=torch.rand(n, dtype=torch.float64, device=log_w.device))
 
 
 def _row(n: int, scheme: str, method: str, t: Optional[float], *, iters=None, times=None, note="") -> dict[str, Any]:
@@ -116,8 +130,14 @@ def run(
     rows: list[dict[str, Any]] = []
     for n in sizes:
         lw = log_weights(n, dev)
-        cands = [_Candidate((BASELINE, BASELINE), lambda: torch_multinomial(lw), settings)]
+        cands = [_Candidate((BASELINE, BASELINE), lambda: torch_multinomial(lw), settings),
+                 # torch.compile rows (compile time in the note; not compiled in --quick)
+                 compiled_candidate((BASELINE, "compile"), torch_multinomial, (lw,), lambda c: lambda: c(lw),
+                                    settings, dev, quick=quick)]
         for scheme in SCHEMES:
+            cands.append(compiled_candidate((scheme, "compile"), torch_resample, (lw, scheme),
+                                            lambda c, scheme=scheme: lambda: c(lw, scheme), settings, dev,
+                                            quick=quick, note="torch_resample"))
             for name in backends_run:
                 offsets = itertools.count(1)  # fresh uniforms per call, as in an SMC loop
 

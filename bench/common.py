@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def git_commit() -> Optional[str]:
     head = _git("rev-parse", "--short", "HEAD")
     if not head:
         return None
-    status = _git("status", "--porcelain", "--", ".", f":(exclude){RESULTS_DIR.relative_to(REPO_ROOT).as_posix()}")
+    status = _git("status", "--porcelain", "--", ".", ":(exclude)bench/results")
     dirty = status is not None and status.strip() != ""
     return head.strip() + ("-dirty" if dirty else "")
 
@@ -204,6 +205,8 @@ def json_safe(obj):
 def write_results(name: str, payload: dict[str, Any], results_dir: Union[str, Path, None] = None) -> Path:
     """Write ``payload`` as JSON to ``<results_dir>/<name>-<devicetag>-<commit>.json`` and a copy
     to ``<name>-<devicetag>-latest.json`` (a stable path to diff against); returns the first.
+    plot_ratios draws its figure beside each, same stem, .png (one panel per payload in
+    ``payload["payloads"]`` when there is that key, as in ``python -m bench``'s summary).
 
     The device tag and commit come from ``payload["env"]`` (see env_info); commit "unknown"
     when git was unavailable. results_dir defaults to bench/results.
@@ -217,6 +220,9 @@ def write_results(name: str, payload: dict[str, Any], results_dir: Union[str, Pa
     path = out_dir / f"{name}-{tag}-{commit}.json"
     path.write_text(text)
     (out_dir / f"{name}-{tag}-latest.json").write_text(text)
+    # The figure of the same numbers, next to its JSON under the same stem.
+    plot_ratios(payload.get("payloads") or [payload], path.with_suffix(".png"), env)
+    shutil.copyfile(path.with_suffix(".png"), out_dir / f"{name}-{tag}-latest.png")
     return path
 
 
@@ -337,3 +343,72 @@ def timer_note(device: torch.device) -> str:
     """How time_fn's numbers were taken, for a payload's config (one wording for every bench)."""
     return "median over repeats (interleaved across methods) of mean per-call time; " + (
         "CUDA events" if device.type == "cuda" else "time.perf_counter")
+
+
+# --------------------------------------------------------------------------------------------
+# plot
+# --------------------------------------------------------------------------------------------
+
+# The ratio each benchmark plots, first found in its rows: speed-up over its baseline, or for
+# bench_jarzynski the weighted / step time ratio (lower is better there).
+RATIO_KEYS = (("vs_eager", "x eager (eager time / method time)"),
+              ("vs_multinomial", "x torch.multinomial (its time / method time)"),
+              ("ratio", "weighted step / step time (lower is better)"))
+
+
+def _row_label(r: dict[str, Any]) -> str:
+    return "  ".join(str(r[k]) for k in ("size", "n", "scheme", "method") if r.get(k) is not None)
+
+
+def plot_ratios(payloads: Sequence[dict[str, Any]], path: Union[str, Path], env: Optional[dict[str, Any]] = None) -> Path:
+    """Draw the ratios of ``payloads`` (bench module payloads) as horizontal bars, one panel per
+    payload, one bar per row (its size and method), log x axis with a line at 1, to ``path``
+    (PNG). Rows without the ratio (not run, not measured) are listed with "n/a" and no bar;
+    nothing is drawn for them. The title names the device, torch version and commit.
+    Matplotlib's Agg canvas, without pyplot: no display and no global figure state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    env = env or payloads[0].get("env") or {}
+    panels = []
+    for p in payloads:
+        rows = p.get("rows") or []
+        key, label = next(((k, lab) for k, lab in RATIO_KEYS if any(r.get(k) is not None for r in rows)),
+                          ("vs_eager", RATIO_KEYS[0][1]))
+        panels.append((p.get("name", "?"), key, label, rows))
+    heights = [max(1.5, 0.22 * len(rows) + 0.9) for *_, rows in panels]
+    fig = Figure(figsize=(9, sum(heights) + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (name, key, label, rows) in zip(axes, panels):
+        ys = list(range(len(rows)))[::-1]
+        vals = [r.get(key) for r in rows]
+        good = [(y, v) for y, v in zip(ys, vals) if v is not None and math.isfinite(v) and v > 0]
+        if good:
+            ax.barh([y for y, _ in good], [v for _, v in good], color="tab:blue", height=0.7)
+            for y, v in good:
+                ax.text(v, y, f" {v:.2f}", va="center", fontsize=7)
+            lo = min(min(v for _, v in good), 1.0)
+            hi = max(max(v for _, v in good), 1.0)
+            ax.set_xscale("log")
+            ax.set_xlim(lo / 1.5, hi * 2.0)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        for y, v in zip(ys, vals):
+            if not (v is not None and math.isfinite(v) and v > 0):
+                ax.text(0.01, y, "n/a (see JSON note)", transform=ax.get_yaxis_transform(), va="center",
+                        fontsize=7, color="gray")
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([_row_label(r) for r in rows], fontsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.set_xlabel(label, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"fastlangevin bench: {env.get('device', '?')}, torch {env.get('torch', '?')}, "
+                 f"commit {env.get('git_commit') or 'unknown'}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

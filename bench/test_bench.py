@@ -7,14 +7,23 @@
 * test_jarzynski_quick_run: the same for bench_jarzynski: step, weighted step and increment
   timed for eager and the cpu backend, and the weighted/step ratio reported.
 * test_chain_quick_run: bench_chain at its quick size: eager, sample, chain and chain-mala
-  rows with positive times and ratios.
-* test_mlp_chain_quick_run: bench_mlp_chain at its quick size: the same four rows.
+  rows with positive times and ratios, torchebm too when it is installed, and a compile row
+  that says it was skipped in --quick.
+* test_mlp_chain_quick_run: bench_mlp_chain at its quick size: the same rows.
+* test_conv_quick_run: bench_conv at its quick size: the samplers and the net alone timed,
+  overhead % for the samplers, cuda_graph "not measured (needs a GPU)" on CPU.
+* test_compile_*: bench.baselines' torch.compile helpers (with the cheap "eager" dynamo
+  backend, no C++ build): compile time in the note, a failure as a row note, not a crash, a
+  real graph per shape past dynamo's recompile limit.
+* test_write_results_*: the JSON (device, versions, commit) and its PNG under the same stem;
+  ``python -m bench --quick --only bench_conv`` writes the module's and the run's files.
 * test_benchmark_*: the same step under pytest-benchmark (``pytest bench/ --benchmark-only``),
   eager vs fastlangevin in one group so its table compares them; skipped without the plugin.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -22,9 +31,10 @@ import pytest
 torch = pytest.importorskip("torch")
 fastlangevin = pytest.importorskip("fastlangevin")
 
-from bench import bench_chain, bench_jarzynski, bench_langevin, bench_mlp_chain  # noqa: E402
+from bench import baselines, bench_chain, bench_conv, bench_jarzynski, bench_langevin, bench_mlp_chain, common  # noqa: E402
 
 HAVE_PYTEST_BENCHMARK = importlib.util.find_spec("pytest_benchmark") is not None
+HAVE_TORCHEBM = importlib.util.find_spec("torchebm") is not None
 
 # The pytest-benchmark size: MNIST-sized walkers, [N, D] = [4096, 784] (3.2M elements), big
 # enough that per-call overhead is not the whole story, small enough for many rounds.
@@ -80,26 +90,119 @@ def test_jarzynski_quick_run():
         assert r["ratio"] == pytest.approx(r["weighted_ms"] / r["step_ms"])
 
 
+def _positive(r, keys):
+    for key in keys:
+        assert r[key] is not None and math.isfinite(r[key]) and r[key] > 0, (key, r)
+
+
+def _check_chain_rows(payload, fused=("chain", "chain-mala")):
+    """The rows every chain benchmark has at --quick on CPU: eager first (vs_eager 1), timed
+    samplers, torchebm timed when installed (else n/a saying so), compile skipped."""
+    rows = {r["method"]: r for r in payload["rows"]}
+    assert payload["rows"][0]["method"] == "eager"
+    timed = ["eager", "sample", *fused] + (["torchebm"] if HAVE_TORCHEBM else [])
+    for m in timed:
+        _positive(rows[m], ("time_s", "ms_per_step", "mwalker_steps_per_s", "vs_eager"))
+    assert rows["eager"]["vs_eager"] == pytest.approx(1.0)
+    if not HAVE_TORCHEBM:
+        assert rows["torchebm"]["time_s"] is None and "torchebm not installed" in rows["torchebm"]["note"]
+    assert rows["compile"]["time_s"] is None and baselines.QUICK_SKIP in rows["compile"]["note"], rows["compile"]
+    return rows
+
+
 def test_chain_quick_run():
     _require_cpu_backend()
     payload = bench_chain.run("cpu", quick=True)
-    rows = {r["method"]: r for r in payload["rows"]}
-    assert set(rows) == {"eager", "sample", "chain", "chain-mala"}, list(rows)
-    for r in rows.values():
-        for key in ("time_s", "ms_per_step", "mwalker_steps_per_s", "vs_eager"):
-            assert r[key] is not None and math.isfinite(r[key]) and r[key] > 0, (key, r)
-    assert rows["eager"]["vs_eager"] == pytest.approx(1.0)
+    rows = _check_chain_rows(payload)
+    assert set(rows) == {"eager", "compile", "torchebm", "sample", "chain", "chain-mala"}, list(rows)
 
 
 def test_mlp_chain_quick_run():
     _require_cpu_backend()
     payload = bench_mlp_chain.run("cpu", quick=True)
-    rows = {r["method"]: r for r in payload["rows"]}
-    assert set(rows) == {"eager", "sample", "chain", "chain-mala"}, list(rows)
-    for r in rows.values():
-        for key in ("time_s", "ms_per_step", "mwalker_steps_per_s", "vs_eager"):
-            assert r[key] is not None and math.isfinite(r[key]) and r[key] > 0, (key, r)
-    assert rows["eager"]["vs_eager"] == pytest.approx(1.0)
+    rows = _check_chain_rows(payload)
+    assert set(rows) == {"eager", "compile", "torchebm", "sample", "chain", "chain-mala"}, list(rows)
+
+
+@pytest.fixture(scope="module")
+def conv_payload():
+    _require_cpu_backend()
+    return bench_conv.run("cpu", quick=True)
+
+
+def test_conv_quick_run(conv_payload):
+    rows = _check_chain_rows(conv_payload, fused=("net",))
+    assert set(rows) == {"eager", "compile", "torchebm", "sample", "cuda_graph", "net"}, list(rows)
+    assert rows["cuda_graph"]["time_s"] is None and "not measured (needs a GPU)" in rows["cuda_graph"]["note"]
+    for m in ("eager", "sample") + (("torchebm",) if HAVE_TORCHEBM else ()):
+        o = rows[m]["overhead_pct"]
+        assert o is not None and math.isfinite(o) and o < 100, (m, rows[m])
+        # overhead = (time - net time) / time, from the rows' own times
+        assert o == pytest.approx(100 * (1 - rows["net"]["time_s"] / rows[m]["time_s"]))
+    assert rows["net"]["overhead_pct"] is None
+
+
+def test_compile_first_call_reports_time_and_failure():
+    x = torch.randn(8, 4)
+    fn, note = baselines.compile_first_call(lambda t: 2 * t + 1, x, device="cpu", backend="eager")
+    assert fn is not None and note.startswith("compile ") and "graph breaks" in note, note
+    torch.testing.assert_close(fn(x), 2 * x + 1)
+
+    def broken(t):
+        raise ValueError("no kernel for this\nsecond line")
+
+    fn, note = baselines.compile_first_call(broken, x, device="cpu", backend="eager")
+    assert fn is None and note == "ValueError: no kernel for this", note
+
+
+def _affine(t):
+    return 3 * t - 1
+
+
+def test_compile_first_call_past_dynamo_recompile_limit():
+    """python -m bench compiles one function at up to 16 shapes; past dynamo's default limit (8)
+    it would run eagerly under the name "compile". Each of 10 shapes must get its own graph."""
+    for n in range(1, 11):
+        fn, note = baselines.compile_first_call(_affine, torch.ones(n), device="cpu", backend="eager")
+        assert fn is not None and ", 1 graphs," in note, (n, note)
+
+
+def test_compiled_candidate_skipped_in_quick_is_not_timed():
+    calls = []
+    c = baselines.compiled_candidate("compile", lambda t: calls.append(t), (1,), lambda f: lambda: f(2),
+                                     bench_chain.QUICK, "cpu", quick=True)
+    other = bench_langevin._Candidate("eager", lambda: calls.append(0), bench_chain.QUICK)
+    bench_langevin._measure_interleaved([c, other], torch.device("cpu"))
+    assert c.error == baselines.QUICK_SKIP and c.times == [] and 1 not in calls and 2 not in calls
+    assert len(other.times) == bench_chain.QUICK["repeats"]
+
+
+def test_write_results_json_and_plot(conv_payload, tmp_path):
+    path = common.write_results(conv_payload["name"], conv_payload, results_dir=tmp_path)
+    data = json.loads(path.read_text())
+    env = data["env"]
+    for key in ("device_type", "device", "torch", "triton", "python", "git_commit", "timestamp_utc"):
+        assert key in env, key
+    assert env["device_type"] == "cpu" and env["torch"] == torch.__version__
+    png = path.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert (tmp_path / f"{conv_payload['name']}-cpu-latest.png").exists()
+
+
+def test_runner_writes_module_and_run_files(tmp_path, monkeypatch):
+    _require_cpu_backend()
+    from bench import __main__ as runner
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    assert runner.main(["--quick", "--device", "cpu", "--only", "bench_conv"]) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    commit = common.git_commit() or "unknown"
+    for stem in (f"conv-quick-cpu-{commit}", f"bench-quick-cpu-{commit}"):
+        assert {stem + ".json", stem + ".png"} <= names, names
+    run = json.loads((tmp_path / f"bench-quick-cpu-{commit}.json").read_text())
+    assert [p["name"] for p in run["payloads"]] == ["conv-quick"]
+    untimed = 2 if HAVE_TORCHEBM else 3  # compile (--quick), cuda_graph (CPU), torchebm if missing
+    assert run["summary"][0]["status"] == f"ok ({untimed} rows without a time)", run["summary"]
 
 
 if not HAVE_PYTEST_BENCHMARK:
