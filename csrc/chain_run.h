@@ -41,7 +41,7 @@ struct ChainRun {
 };
 
 // Checks mode, n_steps, accepted, log_w and log_w_steps of chain op `op` ("mixture_chain",
-// "mlp_chain") for N walkers.
+// "mlp_chain", "double_well_chain") for N walkers.
 inline void check_chain_state(const char* op, int64_t N, int64_t n_steps, int64_t mode,
                               const std::optional<at::Tensor>& log_w, const std::optional<at::Tensor>& log_w_steps,
                               const at::Tensor& accepted) {
@@ -76,6 +76,21 @@ inline void check_mixture_chain_args(const at::Tensor& x, const at::Tensor& ener
               "mixture_chain: grad must be [N, d] and energy [N]");
   TORCH_CHECK(inv_var.sizes() == means.sizes() && log_coef.dim() == 1 && log_coef.size(0) == K && K >= 1,
               "mixture_chain: inv_var must be [K, d] and log_coef [K]");
+}
+
+// The double-well chain's tensors (csrc/cpu/chain_cpu.cpp): x, grad [N, d], energy [N],
+// params [2] = (barrier, center), all contiguous, one dtype (float32 / float64).
+inline void check_double_well_chain_args(const at::Tensor& x, const at::Tensor& energy, const at::Tensor& grad,
+                                         const at::Tensor& params) {
+  TORCH_CHECK(x.dim() == 2, "double_well_chain: x must be [N, d]");
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "double_well_chain: x must be float32 or float64");
+  for (const at::Tensor* t : {&x, &energy, &grad, &params})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == st,
+                "double_well_chain: tensors must be contiguous, x's dtype");
+  TORCH_CHECK(grad.sizes() == x.sizes() && energy.dim() == 1 && energy.size(0) == x.size(0),
+              "double_well_chain: grad must be [N, d] and energy [N]");
+  TORCH_CHECK(params.dim() == 1 && params.size(0) == 2, "double_well_chain: params must be [2] (barrier, center)");
 }
 
 // The run fields from the op's arguments (after check_chain_state). The ratio coefficients carry

@@ -61,6 +61,15 @@ TORCH_LIBRARY(fastlangevin, m) {
       "mixture_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor means, Tensor inv_var, "
       "Tensor log_coef, int n_steps, float step, float noise_std, int seed, int offset, int mode, "
       "Tensor(d!)? log_w, Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
+  // n_steps Langevin steps of the separable double well for every walker n, in one call (ULA,
+  // weights or MALA exactly as mixture_chain, same noise and uniforms):
+  //   w_j = v_j^2 - center^2,  U(v) = barrier sum_j w_j^2,  grad U(v)_j = 4 barrier v_j w_j.
+  // params: [2] = (barrier, center), x's dtype. The other arguments as in mixture_chain,
+  // chain_mode being its mode (named as in mlp_chain).
+  m.def(
+      "double_well_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor params, int n_steps, "
+      "float step, float noise_std, int seed, int offset, int chain_mode, Tensor(d!)? log_w, "
+      "Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
   // n_steps Langevin steps of the MLP energy for every walker n, in one call (ULA, weights or
   // MALA exactly as mixture_chain, same noise and uniforms):
   //   h_0 = v, h_l = act(h_{l-1} W_l^T + b_l) (l = 1 .. L = len(weights) - 1, 1 <= L <= 4),

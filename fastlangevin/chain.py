@@ -41,6 +41,7 @@ MODES = reference.CHAIN_MODES  # ("ula", "weights", "mh")
 # The backends whose fused kernels run every mode and dtype (the rest fall back to step by step).
 MIXTURE_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
 MLP_CHAIN_BACKENDS = ("cpu", "reference")
+DOUBLE_WELL_CHAIN_BACKENDS = ("cpu", "reference", "triton")
 CHAIN_BACKENDS = MIXTURE_CHAIN_BACKENDS  # any fused chain at all (sample() / Walkers' first test)
 # The CUDA mixture kernel keeps a walker's row in one warp's registers, 16 elements per lane.
 CUDA_MIXTURE_MAX_D = 512
@@ -65,6 +66,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastlangevin::mixture_chain")
     def _chain_fake(x, energy, grad, means, inv_var, log_coef, n_steps, step, noise_std, seed, offset, mode, log_w,
                     log_w_steps, accepted):
+        return None
+
+    @torch.library.register_fake("fastlangevin::double_well_chain")
+    def _double_well_chain_fake(x, energy, grad, params, n_steps, step, noise_std, seed, offset, chain_mode, log_w,
+                                log_w_steps, accepted):
         return None
 
     @torch.library.register_fake("fastlangevin::mlp_chain")
@@ -202,19 +208,10 @@ def mixture_chain(
     energy, grad, log_w = _check_state(op, x, energy, grad, energy_fn, mode, log_w, return_log_w_steps)
 
     if be == "reference":
-        if return_log_w_steps:
-            return _loop_with_steps(energy_fn, x.detach(), energy, grad, n_steps, a, s, seed, offset, log_w, op)
-        xo, uo, go, lw, acc = reference.mixture_chain_ref(
-            x.detach(), energy.detach().to(x.dtype), grad.detach().to(x.dtype), means, inv_var, log_coef, n_steps, a,
-            s, seed=seed, offset=offset, mode=mode, log_w=None if log_w is None else log_w.to(torch.float64))
-        return ChainResult(xo, uo, go, lw, acc, None)
+        return _reference_chain(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, mode, log_w,
+                                return_log_w_steps, "mixture_chain_ref")
 
-    xo = x.detach().to(memory_format=torch.contiguous_format, copy=True)
-    uo = energy.detach().to(x.dtype, copy=True).contiguous()
-    go = grad.detach().to(x.dtype, copy=True).contiguous()
-    lw = None if log_w is None else log_w.detach().to(torch.float64, copy=True).contiguous()
-    steps = torch.empty(n_steps, n, dtype=torch.float64, device=x.device) if return_log_w_steps else None
-    acc = torch.zeros(n, dtype=torch.int64, device=x.device)
+    xo, uo, go, lw, steps, acc = _kernel_state(x, energy, grad, log_w, n_steps, return_log_w_steps)
     if be == "triton":
         from .kernels.mixture_chain import mixture_chain_triton
 
@@ -224,6 +221,95 @@ def mixture_chain(
     _register_fakes()  # "cpu" and "cuda": one op, dispatched by device
     torch.ops.fastlangevin.mixture_chain(xo, uo, go, means, inv_var, log_coef, n_steps, a, s, _as_i64(seed),
                                          _as_i64(offset), MODES.index(mode), lw, steps, acc)
+    return ChainResult(xo, uo, go, lw, acc, steps)
+
+
+# --------------------------------------------------------------------------------------------
+# the separable double well
+# --------------------------------------------------------------------------------------------
+
+
+def double_well_chain_params_of(energy):
+    """(barrier, center) if ``energy`` has ``double_well_chain_params()`` (as
+    fastlangevin.energies.DoubleWell does), else None."""
+    fn = getattr(energy, "double_well_chain_params", None)
+    return fn() if callable(fn) else None
+
+
+def _dw_scalar(op: str, name: str, v, x: torch.Tensor) -> torch.Tensor:
+    if torch.is_tensor(v):
+        if v.numel() != 1:
+            raise ValueError(f"{op}: {name} must be a float or a one-element tensor, got shape {_shape(v)}")
+        if v.device != x.device:
+            raise ValueError(f"{op}: {name} is on {v.device}, x is on {x.device}")
+        return v.detach().reshape(()).to(x.dtype)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{op}: {name} must be a finite float > 0 or a tensor, got {v!r}")
+    return torch.tensor(float(v), dtype=x.dtype, device=x.device)
+
+
+def double_well_chain(
+    x: torch.Tensor,
+    barrier,
+    center,
+    n_steps: int,
+    step_size: float,
+    noise_std: Optional[float] = None,
+    *,
+    energy: Optional[torch.Tensor] = None,
+    grad: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    offset: int = 0,
+    mode: str = "ula",
+    log_w: Optional[torch.Tensor] = None,
+    return_log_w_steps: bool = False,
+    backend: str = "auto",
+) -> ChainResult:
+    """n_steps Langevin steps of the separable double well (fastlangevin.energies.DoubleWell)
+
+        U(x) = barrier sum_j (x_j^2 - center^2)^2,   grad U(x)_j = 4 barrier x_j (x_j^2 - center^2)
+
+    for every walker of x [N, d] (float32 or float64), in one kernel call; step k is the update
+    of mixture_chain with this energy (same noise stream offset + k, same modes "ula",
+    "weights", "mh", same alpha, same arguments). barrier, center: floats > 0 or one-element
+    tensors on x's device (cast to x's dtype; ``DoubleWell.double_well_chain_params()`` gives
+    them). Inputs are not modified.
+
+    Backends: "cpu" (csrc/cpu/chain_cpu.cpp, the mixture chain's loop with this energy),
+    "triton" (fastlangevin/kernels/mixture_chain.py, the mixture chain's kernel with ENERGY = 1)
+    and "reference" (reference.double_well_chain_ref); every mode, float32 and float64. No CUDA
+    C++ kernel yet: "auto" on CUDA tensors picks "triton".
+    """
+    op = "double_well_chain"
+    check_float_tensor(op, "x", x)
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must have shape [N, d], got {_shape(x)}")
+    h, c = _dw_scalar(op, "barrier", barrier, x), _dw_scalar(op, "center", center, x)
+    a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
+    be = _backend.resolve(op, backend, x.device)
+    if be == "cuda" and backend == "auto" and _backend._available("triton", x.device) is None:
+        be = "triton"  # no CUDA C++ kernel of this chain yet
+    if be not in DOUBLE_WELL_CHAIN_BACKENDS:
+        raise ValueError(f"{op}: backend {be!r} has no fused double-well chain kernel yet (available: "
+                         f"{DOUBLE_WELL_CHAIN_BACKENDS}); sample() and Walkers fall back to the step-by-step loop there")
+    energy_fn = lambda y: reference.double_well_energy_ref(y, h, c)  # noqa: E731
+    energy, grad, log_w = _check_state(op, x, energy, grad, energy_fn, mode, log_w, return_log_w_steps)
+    if be == "reference":
+        return _reference_chain(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, mode, log_w,
+                                return_log_w_steps, "double_well_chain_ref")
+
+    xo, uo, go, lw, steps, acc = _kernel_state(x, energy, grad, log_w, n_steps, return_log_w_steps)
+    params = torch.stack([h, c]).contiguous()
+    if be == "triton":
+        from .kernels.mixture_chain import double_well_chain_triton
+
+        double_well_chain_triton(xo, uo, go, params, n_steps, a, s, seed, offset, MODES.index(mode), lw, steps, acc)
+        return ChainResult(xo, uo, go, lw, acc, steps)
+    _register_fakes()
+    torch.ops.fastlangevin.double_well_chain(xo, uo, go, params, n_steps, a, s, _as_i64(seed), _as_i64(offset),
+                                             MODES.index(mode), lw, steps, acc)
     return ChainResult(xo, uo, go, lw, acc, steps)
 
 
@@ -267,6 +353,13 @@ def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
                                     (backend == "cuda" and x.shape[1] > CUDA_MIXTURE_MAX_D)):
             return None
         return lambda xx, n_steps, a, s=None, **kw: mixture_chain(xx, *params, n_steps, a, s, **kw)
+    params = double_well_chain_params_of(energy)
+    if params is not None:
+        if getattr(energy, "dim", x.shape[1]) != x.shape[1] or params[0].device != x.device:
+            return None
+        if backend is not None and backend not in DOUBLE_WELL_CHAIN_BACKENDS:
+            return None
+        return lambda xx, n_steps, a, s=None, **kw: double_well_chain(xx, *params, n_steps, a, s, **kw)
     params = mlp_chain_params_of(energy)
     if params is not None:
         ws, bs, act, inv_ref = params
@@ -392,6 +485,31 @@ def mlp_chain(
     torch.ops.fastlangevin.mlp_chain(xo, uo, go, weights, biases, MLP_ACTS.index(act), inv_ref_var, n_steps, a, s,
                                      _as_i64(seed), _as_i64(offset), MODES.index(mode), lw, steps, acc)
     return ChainResult(xo, uo, go, lw, acc, steps)
+
+
+def _reference_chain(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, mode, log_w, return_log_w_steps,
+                     op) -> ChainResult:
+    """Backend "reference" of a chain op: reference._chain_loop_ref of energy_fn (the loop of
+    mixture_chain_ref / double_well_chain_ref), or _loop_with_steps for return_log_w_steps."""
+    if return_log_w_steps:
+        return _loop_with_steps(energy_fn, x.detach(), energy, grad, n_steps, a, s, seed, offset, log_w, op)
+    xo, uo, go, lw, acc = reference._chain_loop_ref(
+        energy_fn, x.detach(), energy.detach().to(x.dtype), grad.detach().to(x.dtype), n_steps, a, s, seed=seed,
+        offset=offset, mode=mode, log_w=None if log_w is None else log_w.to(torch.float64), op=op)
+    return ChainResult(xo, uo, go, lw, acc, None)
+
+
+def _kernel_state(x, energy, grad, log_w, n_steps, return_log_w_steps) -> tuple:
+    """The buffers a chain kernel updates in place: copies of x, energy, grad (x's dtype,
+    contiguous) and log_w (float64), log_w_steps [n_steps, N] (or None) and accepted (zeros)."""
+    n = x.shape[0]
+    xo = x.detach().to(memory_format=torch.contiguous_format, copy=True)
+    uo = energy.detach().to(x.dtype, copy=True).contiguous()
+    go = grad.detach().to(x.dtype, copy=True).contiguous()
+    lw = None if log_w is None else log_w.detach().to(torch.float64, copy=True).contiguous()
+    steps = torch.empty(n_steps, n, dtype=torch.float64, device=x.device) if return_log_w_steps else None
+    acc = torch.zeros(n, dtype=torch.int64, device=x.device)
+    return xo, uo, go, lw, steps, acc
 
 
 def _loop_with_steps(energy_fn, x, energy, grad, n_steps, a, s, seed, offset, log_w, op):

@@ -276,9 +276,12 @@ class DoubleWell(nn.Module):
     def energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(U(x) [N], 4 barrier x (x^2 - center^2) [N, d]) in closed form, detached, x's dtype."""
         _check_x("DoubleWell.energy_and_grad", x, self.dim)
-        h, c2 = self.barrier.detach().to(x.dtype), self.center.detach().to(x.dtype) ** 2
-        w = x * x - c2
-        return h * (w * w).sum(dim=1), (4.0 * h) * x * w
+        return reference.double_well_energy_ref(x, self.barrier, self.center)
+
+    def double_well_chain_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(barrier, center), detached 0-dim tensors: what the fused double-well chain
+        (fastlangevin.chain.double_well_chain) needs."""
+        return self.barrier.detach(), self.center.detach()
 
 
 _MLP_ACTS = {"silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh}

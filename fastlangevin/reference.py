@@ -366,6 +366,33 @@ def mixture_chain_ref(
                            mode=mode, log_w=log_w, op="mixture_chain_ref")
 
 
+def double_well_energy_ref(x, barrier, center) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U [N], grad U [N, d]) of the separable double well, in x's dtype:
+
+        w = x^2 - center^2,   U(x) = barrier sum_j w_j^2,   grad U(x) = (4 barrier) x w
+
+    x: [N, d]; barrier, center: 0-dim tensors (any float dtype, cast to x's) or floats. This is
+    DoubleWell.energy_and_grad (which calls it) and the per-step energy of double_well_chain_ref."""
+    h = torch.as_tensor(barrier).detach().to(device=x.device, dtype=x.dtype)
+    c2 = torch.as_tensor(center).detach().to(device=x.device, dtype=x.dtype) ** 2
+    w = x * x - c2
+    return h * (w * w).sum(dim=1), (4.0 * h) * x * w
+
+
+def double_well_chain_ref(
+    x, energy, grad, barrier, center, n_steps: int, step_size: float, noise_std: float | None = None, *,
+    seed: int = 0, offset: int = 0, mode: str = "ula", log_w=None,
+):
+    """n_steps Langevin steps of the double well (double_well_energy_ref), the loop of
+    mixture_chain_ref with the double well's closed-form energy and gradient (same noise,
+    modes and uniforms). Returns (x, energy, grad, log_w float64 [N] or None, accepted int64 [N])."""
+    def energy_fn(y):
+        return double_well_energy_ref(y, barrier, center)
+
+    return _chain_loop_ref(energy_fn, x, energy, grad, n_steps, step_size, noise_std, seed=seed, offset=offset,
+                           mode=mode, log_w=log_w, op="double_well_chain_ref")
+
+
 # --------------------------------------------------------------------------------------------
 # small MLP energies (fastlangevin.energies.MLPEnergy, fastlangevin.chain.mlp_chain)
 # --------------------------------------------------------------------------------------------

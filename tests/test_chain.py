@@ -1,11 +1,13 @@
-"""fastlangevin.chain.mixture_chain: the fused chain against the reference loop and against the
-step-by-step path of sample() / Walkers (same seed, same noise)."""
+"""fastlangevin.chain.mixture_chain and double_well_chain: the fused chains against the reference
+loop and against the step-by-step path of sample() / Walkers (same seed, same noise)."""
+import copy
+
 import pytest
 import torch
 
 import fastlangevin as fl
-from fastlangevin.chain import fused_chain_of, mixture_chain
-from fastlangevin.energies import Gaussian, GaussianMixture, MLPEnergy
+from fastlangevin.chain import double_well_chain, fused_chain_of, mixture_chain
+from fastlangevin.energies import DoubleWell, Gaussian, GaussianMixture, MLPEnergy
 
 from conftest import CASES, require
 
@@ -40,27 +42,42 @@ def _gmm(d=50, dtype=torch.float64, kind="carbone"):
                            0.5 + torch.rand(3, d, generator=gen, dtype=dtype))
 
 
-def _x0(n, d, dtype, seed=0):
-    return 3 * torch.randn(n, d, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+def _x0(n, d, dtype, seed=0, scale=3.0):
+    return scale * torch.randn(n, d, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _dw(d, dtype=torch.float64):
+    """A double well with barrier and center away from 1 (its gradient 4 h x (x^2 - c^2) is
+    steep: its walkers start at scale 1 and take steps of 0.01)."""
+    return DoubleWell(d, barrier=0.8, center=1.2).to(dtype)
+
+
+def _energy(kind, d, dtype):
+    """(energy, x0 scale, step size) of a test case: "dw" the double well, else _gmm(d, dtype, kind)."""
+    return (_dw(d, dtype), 1.0, 0.01) if kind == "dw" else (_gmm(d, dtype, kind), 3.0, 0.05)
 
 
 @pytest.mark.parametrize("device,backend", KERNEL_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", ["ula", "weights", "mh"])
-@pytest.mark.parametrize("kind,d", [("carbone", 50), ("diag", 5)])
+@pytest.mark.parametrize("kind,d", [("carbone", 50), ("diag", 5), ("dw", 50), ("dw", 5)])
 def test_kernel_equals_reference(device, backend, dtype, mode, kind, d):
     """d = 5 and 50 are not multiples of 4: rows share Philox blocks with their neighbours and
     tiles start mid-block. 300 walkers span several CPU tiles, several Triton programs on a GPU
     (at most 128 rows each) and 38 CUDA blocks (8 walkers each); under the Triton interpreter
-    the chain is shorter (8 steps, not 20) to keep the case near a second."""
+    the chain is shorter (8 steps, not 20) to keep the case near a second. kind "dw": the
+    double-well chain (double_well_chain; no CUDA C++ kernel, its cuda-cuda cases skip)."""
     require(device, backend)
+    if kind == "dw" and backend == "cuda":
+        pytest.skip("double_well_chain has no CUDA C++ kernel (auto runs Triton on CUDA tensors)")
     n, steps = 300, (8 if (device, backend) == ("cpu", "triton") else 20)
-    e = _gmm(d, dtype, kind).to(device)
-    x0 = _x0(n, d, dtype).to(device)
+    e, scale, h = _energy(kind, d, dtype)
+    e = e.to(device)
+    x0 = _x0(n, d, dtype, scale=scale).to(device)
     # offsets wrap past 2^64 within the chain; log_w_steps checked on the weights runs
     kw = dict(seed=3, offset=(1 << 64) - 7, mode=mode, return_log_w_steps=mode == "weights")
-    got = mixture_chain(x0, *e.chain_params(), steps, 0.05, backend=backend, **kw)
-    want = mixture_chain(x0.cpu(), *(t.cpu() for t in e.chain_params()), steps, 0.05, backend="reference", **kw)
+    got = fused_chain_of(e, x0)(x0, steps, h, backend=backend, **kw)
+    want = fused_chain_of(copy.deepcopy(e).cpu(), x0.cpu())(x0.cpu(), steps, h, backend="reference", **kw)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got.x.cpu(), want.x, **tol)
     torch.testing.assert_close(got.energy.cpu(), want.energy, **tol)
@@ -76,7 +93,7 @@ def test_kernel_equals_reference(device, backend, dtype, mode, kind, d):
         torch.testing.assert_close(got.log_w_steps.cpu(), want.log_w_steps, **lw_tol)
         assert got.log_w.abs().max() > 1e-3  # the weights moved
     # the inputs are untouched
-    assert torch.equal(x0.cpu(), _x0(n, d, dtype))
+    assert torch.equal(x0.cpu(), _x0(n, d, dtype, scale=scale))
 
 
 @pytest.mark.parametrize("device,backend", CASES)
@@ -96,15 +113,19 @@ def test_log_w_steps_are_the_per_step_weights(device, backend):
 @pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mh", [False, True])
-def test_sample_fused_equals_step_by_step(device, backend, dtype, mh):
-    """Under the Triton interpreter 64 walkers x 10 steps (200 x 25 elsewhere)."""
+@pytest.mark.parametrize("kind", ["carbone", "dw"])
+def test_sample_fused_equals_step_by_step(device, backend, dtype, mh, kind):
+    """Under the Triton interpreter 64 walkers x 10 steps (200 x 25 elsewhere). kind "dw": the
+    double well (on backend "cuda" it runs step by step: no CUDA C++ kernel of its chain)."""
     require(device, backend)
     n, steps = (64, 10) if (device, backend) == ("cpu", "triton") else (200, 25)
-    e = _gmm(50, dtype).to(device)
-    x0 = _x0(n, 50, dtype).to(device)
-    assert fused_chain_of(e, x0, backend) is not None  # sample() takes the fused path here
-    fused = fl.sample(e, x0, steps, 0.1, seed=5, offset=11, mh=mh, backend=backend)
-    loop = fl.sample(_StepByStep(e), x0, steps, 0.1, seed=5, offset=11, mh=mh, backend=backend)
+    e, scale, h = _energy(kind, 50, dtype)
+    e, h = e.to(device), 2 * h
+    x0 = _x0(n, 50, dtype, scale=scale).to(device)
+    # sample() takes the fused path here
+    assert (fused_chain_of(e, x0, backend) is not None) == (kind != "dw" or backend != "cuda")
+    fused = fl.sample(e, x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(_StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
     if backend == "reference":  # the oracle chain is literally the loop's arithmetic
         assert torch.equal(fused.x, loop.x)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -113,7 +134,7 @@ def test_sample_fused_equals_step_by_step(device, backend, dtype, mh):
     if mh:
         torch.testing.assert_close(fused.acceptance, loop.acceptance, rtol=0, atol=1e-12)
         assert 0.3 < float(fused.acceptance) < 1.0
-    other = fl.sample(e, x0, steps, 0.1, seed=6, offset=11, mh=mh, backend=backend)
+    other = fl.sample(e, x0, steps, h, seed=6, offset=11, mh=mh, backend=backend)
     assert (other.x - fused.x).abs().max() > 0.1
 
 
@@ -130,27 +151,33 @@ def test_sample_gaussian_fused_equals_autograd():
 
 @pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("weights,resample", [(False, None), (True, None), (True, "systematic"), (True, "multinomial")])
-def test_walkers_fused_equals_step_by_step(device, backend, weights, resample):
+@pytest.mark.parametrize("kind", ["diag", "dw"])
+def test_walkers_fused_equals_step_by_step(device, backend, weights, resample, kind):
     """Walkers.step(n) fused (speculate-and-replay around resampling) against the loop: same
     resampling steps, same walkers and weights. ess_threshold 0.95 makes resampling fire
     several times within the 70 steps (asserted), including inside one speculative chunk.
     Under the Triton interpreter (seconds per case) only the weights + systematic case runs,
     12 + 12 steps (resampling still fires 3 times): the other cases differ from it in the
-    resampling scheme, or run the chain modes that test_kernel_equals_reference covers."""
+    resampling scheme, or run the chain modes that test_kernel_equals_reference covers. kind
+    "dw": the double well, its barrier raised between the calls."""
     require(device, backend)
     interp = (device, backend) == ("cpu", "triton")
     if interp and (weights, resample) != (True, "systematic"):
         pytest.skip("interpreter: the weights + systematic case stands for the others (time)")
     s1, s2 = (12, 12) if interp else (30, 40)
-    e = _gmm(6, torch.float64, "diag").to(device)
-    x0 = _x0(256, 6, torch.float64).to(device)
+    e, scale, h = _energy(kind, 6, torch.float64)
+    e = e.to(device)
+    x0 = _x0(256, 6, torch.float64, scale=scale).to(device)
     kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
-    w1, w2 = fl.Walkers(e, x0, 0.05, **kw), fl.Walkers(_StepByStep(e), x0, 0.05, **kw)
+    w1, w2 = fl.Walkers(e, x0, h, **kw), fl.Walkers(_StepByStep(e), x0, h, **kw)
     w1.step(s1)
     w2.step(s1)
     # a parameter change between calls: the first step's increment uses the cached old energy
     with torch.no_grad():
-        e.means.add_(0.1)
+        if kind == "dw":
+            e.barrier.mul_(1.25)
+        else:
+            e.means.add_(0.1)
     w1.step(s2)
     w2.step(s2)
     assert w1.steps == w2.steps == s1 + s2
