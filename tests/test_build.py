@@ -126,7 +126,9 @@ def test_triton_kernels_compile_for_a_gpu():
             compile_(L._langevin_step_kernel, dict(BLOCK=1024, FP64=fp64, RNG=True, HAS_NOISE=False, STEP_T=False,
                                                    STD_T=False, HAS_REF=True, HAS_CLIP=True, HAS_CLAMP=True), ptr)
             for mode in ((0, 1, 2) if not fp64 else (1, 2)):  # float64 ULA: a subset of the weights code
-                compile_(C._mixture_chain_kernel, dict(BLOCK_N=32, DP=64, MODE=mode, FP64=fp64, STEPS=mode == 1), ptr)
+                for kind in (0, 1):  # the mixture and the double well (ENERGY)
+                    compile_(C._mixture_chain_kernel, dict(BLOCK_N=32, DP=64, MODE=mode, FP64=fp64, STEPS=mode == 1,
+                                                           ENERGY=kind), ptr)
         compile_(R._resample_uniforms_kernel, dict(BLOCK=256), p_out="*fp64")
         for scheme in range(4):
             compile_(R._resample_kernel, dict(BLOCK=256, SCHEME=scheme, HAS_U=False), p_u="*fp64", p_out="*i64")

@@ -1,5 +1,7 @@
 """Triton kernel of the fused Gaussian-mixture chain (fastlangevin.chain.mixture_chain, backend
-"triton"): ULA, Jarzynski weights and MALA, float32 and float64, in one launch.
+"triton"): ULA, Jarzynski weights and MALA, float32 and float64, in one launch. With the
+constexpr ENERGY = 1 the same kernel runs the double-well chain (fastlangevin.chain.
+double_well_chain): only the energy evaluation (_double_well_eval) differs.
 
 One program owns BLOCK_N walkers for all n_steps. Their x [BLOCK_N, DP], grad [BLOCK_N, DP]
 and energy [BLOCK_N] stay in registers (DP = d rounded up to a power of two; padded columns
@@ -72,15 +74,27 @@ def _mixture_eval(b_v, p_means, p_iv, p_coef, o_d, m_d, d, n_comp, BLOCK_N: tl.c
     return -(b_max + tl.log(b_sum)), b_gacc * (1.0 / b_sum)[:, None]
 
 
+@triton.jit
+def _double_well_eval(b_v, p_par, m_d, ACC: tl.constexpr):
+    """(U [BLOCK_N], grad U [BLOCK_N, DP]) of the double well at b_v [BLOCK_N, DP]: p_par holds
+    (barrier, center); w = v^2 - center^2 (0 in the padded columns), U = barrier sum_j w_j^2,
+    grad U = ((4 barrier) v) w, DoubleWell.energy_and_grad's order."""
+    h = tl.load(p_par).to(ACC)
+    c = tl.load(p_par + 1).to(ACC)
+    w = tl.where(m_d[None, :], b_v * b_v - c * c, 0.0).to(ACC)
+    return h * tl.sum(w * w, axis=1), ((4.0 * h) * b_v) * w
+
+
 @triton.jit(do_not_specialize=["n", "d", "n_comp", "n_steps", "seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _mixture_chain_kernel(
     p_x, p_u, p_g,              # [N, d], [N], [N, d] (x's dtype): state, updated in place
-    p_means, p_iv, p_coef,      # [K, d], [K, d], [K] (x's dtype)
+    p_means, p_iv, p_coef,      # [K, d], [K, d], [K] (x's dtype); ENERGY 1: p_means = (barrier, center)
     p_lw, p_steps, p_acc,       # [N] float64 (MODE 1), [n_steps, N] float64 (STEPS), [N] int64
     n, d, n_comp, n_steps,
     a_hi, a_lo, s_hi, s_lo,     # step size and noise std as float32 halves
     seed_lo, seed_hi, off_lo, off_hi,
     BLOCK_N: tl.constexpr, DP: tl.constexpr, MODE: tl.constexpr, FP64: tl.constexpr, STEPS: tl.constexpr,
+    ENERGY: tl.constexpr = 0,   # 0: the Gaussian mixture, 1: the double well (fastlangevin.chain.double_well_chain)
 ):
     ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
     z64 = tl.zeros([1], dtype=tl.float64)  # (z64 + v) is float64; tl.sum of the 1-tile gives a scalar
@@ -127,7 +141,10 @@ def _mixture_chain_kernel(
         z2, z3 = _box_muller(w2, w3, FP64)
         xi = tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
         b_y = tl.where(m_x, (b_x - a * b_g) + s * xi, 0.0).to(ACC)  # langevin_step's order
-        u_y, g_y = _mixture_eval(b_y, p_means, p_iv, p_coef, o_d, m_d, d, n_comp, BLOCK_N, DP, ACC)
+        if ENERGY == 0:
+            u_y, g_y = _mixture_eval(b_y, p_means, p_iv, p_coef, o_d, m_d, d, n_comp, BLOCK_N, DP, ACC)
+        else:
+            u_y, g_y = _double_well_eval(b_y, p_means, m_d, ACC)
         if MODE == 0:
             b_x = b_y
             b_g = g_y
@@ -182,11 +199,13 @@ def block_rows(n: int, d: int, device: torch.device, tile=None) -> tuple[int, in
 
 
 def mixture_chain_triton(x, energy, grad, means, inv_var, log_coef, n_steps: int, step: float, noise_std: float,
-                         seed: int, offset: int, mode: int, log_w, log_w_steps, accepted, tile=None) -> None:
+                         seed: int, offset: int, mode: int, log_w, log_w_steps, accepted, tile=None, kind: int = 0) -> None:
     """Launcher; arguments as in the C++ schema fastlangevin::mixture_chain (x [N, d], energy [N],
     grad [N, d], updated in place, float32 or float64, contiguous; means, inv_var [K, d] and
     log_coef [K] in x's dtype; mode 0 ULA, 1 weights, 2 MALA; log_w float64 [N] for mode 1;
-    log_w_steps float64 [n_steps, N] or None; accepted int64 [N], incremented)."""
+    log_w_steps float64 [n_steps, N] or None; accepted int64 [N], incremented). kind 1: the
+    double well, means = params [2] (barrier, center) and inv_var, log_coef unused
+    (double_well_chain_triton)."""
     n, d = x.shape
     if n == 0 or n_steps == 0:
         return
@@ -200,5 +219,14 @@ def mixture_chain_triton(x, energy, grad, means, inv_var, log_coef, n_steps: int
         n, d, means.shape[0], n_steps, *f32_halves(step), *f32_halves(noise_std),
         s_lo, s_hi, o_lo, o_hi,
         BLOCK_N=block_n, DP=dp, MODE=int(mode), FP64=x.dtype == torch.float64,
-        STEPS=log_w_steps is not None and int(mode) == 1,
+        STEPS=log_w_steps is not None and int(mode) == 1, ENERGY=kind,
     )
+
+
+def double_well_chain_triton(x, energy, grad, params, n_steps: int, step: float, noise_std: float, seed: int,
+                             offset: int, mode: int, log_w, log_w_steps, accepted, tile=None) -> None:
+    """Launcher of the double-well chain (fastlangevin.chain.double_well_chain, backend "triton"):
+    the mixture chain's kernel with ENERGY = 1; params [2] = (barrier, center) in x's dtype, the
+    other arguments as in mixture_chain_triton."""
+    mixture_chain_triton(x, energy, grad, params, params, params, n_steps, step, noise_std, seed, offset, mode, log_w,
+                         log_w_steps, accepted, tile=tile, kind=1)
