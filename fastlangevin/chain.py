@@ -1,5 +1,5 @@
 """Fused Langevin chains: all n steps of every walker in one kernel call, for Gaussian mixtures
-(mixture_chain) and small MLP energies (mlp_chain).
+(mixture_chain), the separable double well (double_well_chain) and small MLP energies (mlp_chain).
 
     from fastlangevin.chain import mixture_chain
     res = mixture_chain(x, *gmm.chain_params(), n_steps=1000, step_size=0.1, seed=0)
@@ -11,7 +11,9 @@ of sample() / Walkers on the same energy (same seed, same noise) to float tolera
 mixture_chain: "cpu" (csrc/cpu/chain_cpu.cpp, OpenMP over tiles of walkers), "cuda"
 (csrc/cuda/chain_cuda.cu, a warp per walker; d <= 512), "triton"
 (fastlangevin/kernels/mixture_chain.py) and "reference" (fastlangevin.reference.mixture_chain_ref,
-the oracle). mlp_chain: "cpu" and "reference" (and "triton" for mode "ula" on float32, which
+the oracle). double_well_chain: the same four, each the mixture chain's kernel with the
+double well's energy (the oracle fastlangevin.reference.double_well_chain_ref). mlp_chain:
+"cpu" and "reference" (and "triton" for mode "ula" on float32, which
 sample() and Walkers do not route to).
 
 sample() and Walkers.step() call these themselves (fused_chain_of picks the kernel): the
@@ -19,12 +21,14 @@ dispatch rule is one protocol method per kernel,
 
     energy.chain_params()      -> (means, inv_var, log_coef): mixture_chain
                                   (GaussianMixture, Gaussian, models.GMMStudent)
+    energy.double_well_chain_params() -> (barrier, center): double_well_chain (DoubleWell)
     energy.mlp_chain_params()  -> (weights, biases, act, inv_ref_var): mlp_chain
                                   (MLPEnergy with depth <= 4 and hidden <= 128; larger MLPs
                                   run step by step with their closed-form energy_and_grad)
 
 checked in that order, and only when the parameters' dimension and device match the walkers'
-and the kernel runs on the backend (MIXTURE_CHAIN_BACKENDS, MLP_CHAIN_BACKENDS).
+and the kernel runs on the backend (MIXTURE_CHAIN_BACKENDS, DOUBLE_WELL_CHAIN_BACKENDS,
+MLP_CHAIN_BACKENDS).
 See sample() and Walkers.step() for the other conditions (float step sizes, no clamp, ...).
 """
 from __future__ import annotations
@@ -41,7 +45,7 @@ MODES = reference.CHAIN_MODES  # ("ula", "weights", "mh")
 # The backends whose fused kernels run every mode and dtype (the rest fall back to step by step).
 MIXTURE_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
 MLP_CHAIN_BACKENDS = ("cpu", "reference")
-DOUBLE_WELL_CHAIN_BACKENDS = ("cpu", "reference", "triton")
+DOUBLE_WELL_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
 CHAIN_BACKENDS = MIXTURE_CHAIN_BACKENDS  # any fused chain at all (sample() / Walkers' first test)
 # The CUDA mixture kernel keeps a walker's row in one warp's registers, 16 elements per lane.
 CUDA_MIXTURE_MAX_D = 512
@@ -276,9 +280,10 @@ def double_well_chain(
     them). Inputs are not modified.
 
     Backends: "cpu" (csrc/cpu/chain_cpu.cpp, the mixture chain's loop with this energy),
-    "triton" (fastlangevin/kernels/mixture_chain.py, the mixture chain's kernel with ENERGY = 1)
-    and "reference" (reference.double_well_chain_ref); every mode, float32 and float64. No CUDA
-    C++ kernel yet: "auto" on CUDA tensors picks "triton".
+    "cuda" (csrc/cuda/chain_cuda.cu, the mixture chain's kernel with this energy: one warp per
+    walker, d <= 512), "triton" (fastlangevin/kernels/mixture_chain.py, the mixture chain's
+    kernel with ENERGY = 1) and "reference" (reference.double_well_chain_ref); every mode,
+    float32 and float64. "auto" on CUDA tensors picks "cuda", or "triton" where d > 512.
     """
     op = "double_well_chain"
     check_float_tensor(op, "x", x)
@@ -289,11 +294,12 @@ def double_well_chain(
     h, c = _dw_scalar(op, "barrier", barrier, x), _dw_scalar(op, "center", center, x)
     a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
-    if be == "cuda" and backend == "auto" and _backend._available("triton", x.device) is None:
-        be = "triton"  # no CUDA C++ kernel of this chain yet
-    if be not in DOUBLE_WELL_CHAIN_BACKENDS:
-        raise ValueError(f"{op}: backend {be!r} has no fused double-well chain kernel yet (available: "
-                         f"{DOUBLE_WELL_CHAIN_BACKENDS}); sample() and Walkers fall back to the step-by-step loop there")
+    if (be == "cuda" and x.shape[1] > CUDA_MIXTURE_MAX_D and backend == "auto"
+            and _backend._available("triton", x.device) is None):
+        be = "triton"  # the Triton kernel has no dimension limit
+    if be == "cuda" and x.shape[1] > CUDA_MIXTURE_MAX_D:
+        raise ValueError(f"{op}: backend 'cuda' runs walkers of dimension d <= {CUDA_MIXTURE_MAX_D}, got "
+                         f"x of shape {_shape(x)}; use backend 'triton' (sample() and Walkers run step by step)")
     energy_fn = lambda y: reference.double_well_energy_ref(y, h, c)  # noqa: E731
     energy, grad, log_w = _check_state(op, x, energy, grad, energy_fn, mode, log_w, return_log_w_steps)
     if be == "reference":
@@ -357,7 +363,8 @@ def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
     if params is not None:
         if getattr(energy, "dim", x.shape[1]) != x.shape[1] or params[0].device != x.device:
             return None
-        if backend is not None and backend not in DOUBLE_WELL_CHAIN_BACKENDS:
+        if backend is not None and (backend not in DOUBLE_WELL_CHAIN_BACKENDS or
+                                    (backend == "cuda" and x.shape[1] > CUDA_MIXTURE_MAX_D)):
             return None
         return lambda xx, n_steps, a, s=None, **kw: double_well_chain(xx, *params, n_steps, a, s, **kw)
     params = mlp_chain_params_of(energy)

@@ -184,12 +184,13 @@ def sample(
     and gradient clipping break the proposal density, so they are refused with mh=True.
 
     Fused chains: when the energy has ``chain_params()`` (fastlangevin.energies.GaussianMixture
-    and Gaussian: fastlangevin.chain.mixture_chain) or ``mlp_chain_params()``
+    and Gaussian: fastlangevin.chain.mixture_chain), ``double_well_chain_params()``
+    (DoubleWell: double_well_chain) or ``mlp_chain_params()``
     (fastlangevin.energies.MLPEnergy with depth <= 4, hidden <= 128: mlp_chain; its own ref_var
     is part of the energy, not sample()'s), x0 is float32/float64 [N, d], step_size and
     noise_std are floats, there is no ref_var, grad_clip, clamp, trajectory, progress bar or
-    step-size adaptation, and the backend has the kernel (mixture_chain: cpu, reference, triton,
-    cuda up to d = 512; mlp_chain: cpu, reference), all n_steps run in one fused
+    step-size adaptation, and the backend has the kernel (mixture_chain and double_well_chain:
+    cpu, reference, triton, cuda up to d = 512; mlp_chain: cpu, reference), all n_steps run in one fused
     chain call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and
     uniforms as the loop. A non-finite energy is then reported
     at the end of the chain, without the step number.

@@ -27,7 +27,7 @@ def test_cuda_kernels_compiled_and_linked():
     """CI builds with FORCE_CUDA=1 on a machine without a GPU: the CUDA kernels must be in the
     shared object and registered with the dispatcher, for every op."""
     assert fl._backend.extension_loaded()  # loads fastlangevin._C (lazy), so the ops exist when run alone
-    for op in ("philox", "randn_out", "langevin_step_out", "mixture_chain"):
+    for op in ("philox", "randn_out", "langevin_step_out", "mixture_chain", "double_well_chain"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastlangevin::{op}", "CUDA"), op
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastlangevin::{op}", "CPU"), op
 

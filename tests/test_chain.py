@@ -66,10 +66,8 @@ def test_kernel_equals_reference(device, backend, dtype, mode, kind, d):
     tiles start mid-block. 300 walkers span several CPU tiles, several Triton programs on a GPU
     (at most 128 rows each) and 38 CUDA blocks (8 walkers each); under the Triton interpreter
     the chain is shorter (8 steps, not 20) to keep the case near a second. kind "dw": the
-    double-well chain (double_well_chain; no CUDA C++ kernel, its cuda-cuda cases skip)."""
+    double-well chain (double_well_chain)."""
     require(device, backend)
-    if kind == "dw" and backend == "cuda":
-        pytest.skip("double_well_chain has no CUDA C++ kernel (auto runs Triton on CUDA tensors)")
     n, steps = 300, (8 if (device, backend) == ("cpu", "triton") else 20)
     e, scale, h = _energy(kind, d, dtype)
     e = e.to(device)
@@ -116,14 +114,13 @@ def test_log_w_steps_are_the_per_step_weights(device, backend):
 @pytest.mark.parametrize("kind", ["carbone", "dw"])
 def test_sample_fused_equals_step_by_step(device, backend, dtype, mh, kind):
     """Under the Triton interpreter 64 walkers x 10 steps (200 x 25 elsewhere). kind "dw": the
-    double well (on backend "cuda" it runs step by step: no CUDA C++ kernel of its chain)."""
+    double well."""
     require(device, backend)
     n, steps = (64, 10) if (device, backend) == ("cpu", "triton") else (200, 25)
     e, scale, h = _energy(kind, 50, dtype)
     e, h = e.to(device), 2 * h
     x0 = _x0(n, 50, dtype, scale=scale).to(device)
-    # sample() takes the fused path here
-    assert (fused_chain_of(e, x0, backend) is not None) == (kind != "dw" or backend != "cuda")
+    assert fused_chain_of(e, x0, backend) is not None  # sample() takes the fused path here
     fused = fl.sample(e, x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
     loop = fl.sample(_StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
     if backend == "reference":  # the oracle chain is literally the loop's arithmetic
@@ -207,11 +204,22 @@ def test_chain_errors():
         mixture_chain(x, *p, 3, 0.1, energy=torch.zeros(8))
     with pytest.raises(TypeError, match="mixture_chain: x must be float32 or float64"):
         mixture_chain(x.half(), *p, 3, 0.1)
+    with pytest.raises(ValueError, match="double_well_chain: barrier must be a finite float > 0 or a tensor"):
+        double_well_chain(x, -1.0, 1.0, 3, 0.1)
+    with pytest.raises(ValueError, match=r"double_well_chain: center must be a float or a one-element tensor"):
+        double_well_chain(x, 1.0, torch.ones(2), 3, 0.1)
+    with pytest.raises(ValueError, match="double_well_chain: mode must be one of"):
+        double_well_chain(x, 1.0, 1.0, 3, 0.1, mode="hmc")
+    with pytest.raises(TypeError, match="double_well_chain: x must be float32 or float64"):
+        double_well_chain(x.half(), 1.0, 1.0, 3, 0.1)
     # the backend rule of sample() / Walkers: mixture chains on every backend (CUDA up to d = 512),
     # MLP chains on cpu and reference only
     for be in ("cpu", "reference", "triton", "cuda"):
         assert fused_chain_of(e, x, be) is not None
+        assert fused_chain_of(_dw(4, torch.float32), x, be) is not None
     assert fused_chain_of(GaussianMixture(torch.zeros(2, 513), torch.zeros(2)), torch.zeros(3, 513), "cuda") is None
+    assert fused_chain_of(DoubleWell(513), torch.zeros(3, 513), "cuda") is None
+    assert fused_chain_of(DoubleWell(5), x, "cpu") is None  # another dimension: step by step (which raises)
     mlp = MLPEnergy(4, hidden=8, depth=1)
     assert fused_chain_of(mlp, x, "cpu") is not None
     assert fused_chain_of(mlp, x, "triton") is None and fused_chain_of(mlp, x, "cuda") is None

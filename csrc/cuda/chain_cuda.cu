@@ -1,6 +1,9 @@
-// CUDA kernel of the fused Gaussian-mixture chain (schema and update equations in
-// csrc/fastlangevin.cpp, readable version fastlangevin/reference.py::mixture_chain_ref; the CPU
-// kernel is csrc/cpu/chain_cpu.cpp, the Triton one fastlangevin/kernels/mixture_chain.py).
+// CUDA kernels of the fused Gaussian-mixture and double-well chains (schemas and update
+// equations in csrc/fastlangevin.cpp, readable versions fastlangevin/reference.py::
+// mixture_chain_ref and double_well_chain_ref; the CPU kernels are csrc/cpu/chain_cpu.cpp, the
+// Triton ones fastlangevin/kernels/mixture_chain.py). One kernel, templated on the energy
+// (MixtureDev, DoubleWellDev): the double well is a per-lane elementwise map and one warp sum.
+// The double-well instantiation is unexecuted: compiled (FORCE_CUDA=1, sm_90) without a GPU.
 //
 // One warp per walker for all n_steps. Lane l holds the walker's elements j = l + 32 i
 // (i < PER_LANE) of x, grad, y and grad_y in registers: consecutive lanes touch consecutive
@@ -53,13 +56,11 @@ constexpr int kWalkersPerBlock = kChainThreads / kWarp;
 constexpr int64_t kMaxD = 16 * kWarp;                // fastlangevin.chain.CUDA_MIXTURE_MAX_D
 constexpr size_t kMaxSharedBytes = 48 * 1024;         // dynamic shared memory without an opt-in
 
-template <typename T>
-struct MixtureChainArgs : ChainRun<T> {
-  const T* means;  // [K, d]
-  const T* iv;     // [K, d]
-  const T* coef;   // [K]
-  int64_t K, d;
-  bool params_in_smem;
+// The run fields (csrc/chain_run.h) and the energy E (MixtureDev, DoubleWellDev below).
+template <typename T, typename E>
+struct CudaChainArgs : ChainRun<T> {
+  E e;
+  int64_t d;
 };
 
 template <typename T>
@@ -136,30 +137,78 @@ __device__ __forceinline__ T mixture_eval(const T (&v)[PER_LANE], T (&g)[PER_LAN
   return -(mx + dev_log(sum));
 }
 
-template <typename T, int PER_LANE>
-__global__ void __launch_bounds__(kChainThreads)
-mixture_chain_kernel(T* __restrict__ xp,  // [N, d], updated in place
-                     T* __restrict__ up,  // [N]
-                     T* __restrict__ gp,  // [N, d]
-                     const MixtureChainArgs<T> c) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const T* means = c.means;
-  const T* iv = c.iv;
-  const T* coef = c.coef;
-  const int64_t d = c.d;
-  if (c.params_in_smem) {
+// The Gaussian mixture: means, iv [K, d], coef [K], copied into shared memory by prepare()
+// when params_in_smem.
+template <typename T>
+struct MixtureDev {
+  const T* means;  // [K, d]
+  const T* iv;     // [K, d]
+  const T* coef;   // [K]
+  int64_t K, d;
+  bool params_in_smem;
+
+  // Called by every thread of the block before any warp leaves (it may __syncthreads).
+  __device__ __forceinline__ void prepare(unsigned char* smem_raw) {
+    if (!params_in_smem) return;
     T* sm = reinterpret_cast<T*>(smem_raw);
-    const int64_t kd = c.K * d;
+    const int64_t kd = K * d;
     for (int64_t i = threadIdx.x; i < kd; i += blockDim.x) {
-      sm[i] = c.means[i];
-      sm[kd + i] = c.iv[i];
+      sm[i] = means[i];
+      sm[kd + i] = iv[i];
     }
-    for (int64_t i = threadIdx.x; i < c.K; i += blockDim.x) sm[2 * kd + i] = c.coef[i];
+    for (int64_t i = threadIdx.x; i < K; i += blockDim.x) sm[2 * kd + i] = coef[i];
     __syncthreads();
     means = sm;
     iv = sm + kd;
     coef = sm + 2 * kd;
   }
+
+  template <int PER_LANE>
+  __device__ __forceinline__ T eval(const T (&v)[PER_LANE], T (&g)[PER_LANE], int lane) const {
+    return mixture_eval<T, PER_LANE>(v, g, means, iv, coef, K, d, lane);
+  }
+};
+
+// The separable double well: par [2] = (barrier, center) on the device, read by prepare() (no
+// host sync); w_j = v_j^2 - c2, U = h sum_j w_j^2, grad U_j = ((4 h) v_j) w_j.
+template <typename T>
+struct DoubleWellDev {
+  const T* par;
+  int64_t d;
+  T h, c2;
+
+  __device__ __forceinline__ void prepare(unsigned char*) {
+    h = par[0];
+    c2 = par[1] * par[1];
+  }
+
+  template <int PER_LANE>
+  __device__ __forceinline__ T eval(const T (&v)[PER_LANE], T (&g)[PER_LANE], int lane) const {
+    const T h4 = T(4) * h;
+    T part = 0;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      g[i] = 0;
+      if (lane + kWarp * i < d) {
+        const T w = v[i] * v[i] - c2;
+        part += w * w;
+        g[i] = (h4 * v[i]) * w;
+      }
+    }
+    return h * warp_allsum(part);
+  }
+};
+
+template <typename T, int PER_LANE, typename E>
+__global__ void __launch_bounds__(kChainThreads)
+chain_kernel(T* __restrict__ xp,  // [N, d], updated in place
+             T* __restrict__ up,  // [N]
+             T* __restrict__ gp,  // [N, d]
+             const CudaChainArgs<T, E> c) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int64_t d = c.d;
+  E e = c.e;
+  e.prepare(smem_raw);
   const int lane = threadIdx.x % kWarp;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWalkersPerBlock + threadIdx.x / kWarp;
   if (r >= c.N) return;  // whole warps leave together, after the only __syncthreads
@@ -183,7 +232,7 @@ mixture_chain_kernel(T* __restrict__ xp,  // [N, d], updated in place
       // langevin_step's order: (x - a g) + s xi
       y[i] = j < d ? (x[i] - a * g[i]) + s * normal_at<T>(c.seed, off, static_cast<uint64_t>(r * d + j)) : T(0);
     }
-    const T uy = mixture_eval<T, PER_LANE>(y, gy, means, iv, coef, c.K, d, lane);
+    const T uy = e.template eval<PER_LANE>(y, gy, lane);
     bool take = true;
     if (c.mode != kUla) {
       double part = 0.0;
@@ -227,12 +276,42 @@ mixture_chain_kernel(T* __restrict__ xp,  // [N, d], updated in place
   }
 }
 
-template <typename T, int PER_LANE>
-void launch(const MixtureChainArgs<T>& c, T* xp, T* up, T* gp, size_t smem) {
+template <typename T, int PER_LANE, typename E>
+void launch(const CudaChainArgs<T, E>& c, T* xp, T* up, T* gp, size_t smem) {
   const int64_t blocks = (c.N + kWalkersPerBlock - 1) / kWalkersPerBlock;
-  mixture_chain_kernel<T, PER_LANE><<<static_cast<unsigned>(blocks), kChainThreads, smem,
-                                      at::cuda::getCurrentCUDAStream()>>>(xp, up, gp, c);
+  chain_kernel<T, PER_LANE, E><<<static_cast<unsigned>(blocks), kChainThreads, smem,
+                                 at::cuda::getCurrentCUDAStream()>>>(xp, up, gp, c);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The instantiation for d (PER_LANE 1, 4 or 16).
+template <typename T, typename E>
+void launch_for_d(const CudaChainArgs<T, E>& c, at::Tensor& x, at::Tensor& energy, at::Tensor& grad, size_t smem) {
+  T* xp = x.data_ptr<T>();
+  T* up = energy.data_ptr<T>();
+  T* gp = grad.data_ptr<T>();
+  if (c.d <= kWarp) {
+    launch<T, 1>(c, xp, up, gp, smem);
+  } else if (c.d <= 4 * kWarp) {
+    launch<T, 4>(c, xp, up, gp, smem);
+  } else {
+    launch<T, 16>(c, xp, up, gp, smem);
+  }
+}
+
+// The device and size checks every chain op of this file shares (after its argument checks).
+void check_cuda_chain(const char* op, std::initializer_list<const at::Tensor*> ts, const at::Tensor& x,
+                      const std::optional<at::Tensor>& log_w, const std::optional<at::Tensor>& log_w_steps) {
+  for (const at::Tensor* t : ts)
+    TORCH_CHECK(t->device() == x.device(), op, ": every tensor must be on x's device (", x.device(),
+                "), got one on ", t->device());
+  if (log_w) TORCH_CHECK(log_w->device() == x.device(), op, ": log_w is on ", log_w->device());
+  if (log_w_steps) TORCH_CHECK(log_w_steps->device() == x.device(), op, ": log_w_steps is on ", log_w_steps->device());
+  const int64_t N = x.size(0), d = x.size(1);
+  TORCH_CHECK(d <= kMaxD, op, ": the CUDA kernel runs walkers of dimension d <= ", kMaxD,
+              " (one warp per walker, 16 elements per lane), got d = ", d);
+  TORCH_CHECK(N / kWalkersPerBlock < std::numeric_limits<int32_t>::max(), op, ": too many walkers (", N,
+              ") for one launch");
 }
 
 void mixture_chain_cuda(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, const at::Tensor& means,
@@ -243,43 +322,42 @@ void mixture_chain_cuda(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, con
   check_mixture_chain_args(x, energy, grad, means, inv_var, log_coef);
   const int64_t N = x.size(0), d = x.size(1), K = means.size(0);
   check_chain_state("mixture_chain", N, n_steps, mode, log_w, log_w_steps, accepted);
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&x, &energy, &grad, &means, &inv_var, &log_coef,
-                                                                      &accepted})
-    TORCH_CHECK(t->device() == x.device(), "mixture_chain: every tensor must be on x's device (", x.device(),
-                "), got one on ", t->device());
-  if (log_w) TORCH_CHECK(log_w->device() == x.device(), "mixture_chain: log_w is on ", log_w->device());
-  if (log_w_steps)
-    TORCH_CHECK(log_w_steps->device() == x.device(), "mixture_chain: log_w_steps is on ", log_w_steps->device());
-  TORCH_CHECK(d <= kMaxD, "mixture_chain: the CUDA kernel runs walkers of dimension d <= ", kMaxD,
-              " (one warp per walker, 16 elements per lane), got d = ", d);
-  TORCH_CHECK(N / kWalkersPerBlock < std::numeric_limits<int32_t>::max(), "mixture_chain: too many walkers (", N,
-              ") for one launch");
+  check_cuda_chain("mixture_chain", {&x, &energy, &grad, &means, &inv_var, &log_coef, &accepted}, x, log_w,
+                   log_w_steps);
   const c10::cuda::CUDAGuard guard(x.device());
   if (N == 0 || n_steps == 0) return;
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_chain_cuda", [&] {
     using T = scalar_t;
-    MixtureChainArgs<T> c;
+    CudaChainArgs<T, MixtureDev<T>> c;
     static_cast<ChainRun<T>&>(c) =
         make_chain_run<T>(N, n_steps, step, noise_std, seed, offset, mode, log_w, log_w_steps, accepted);
-    c.means = means.data_ptr<T>();
-    c.iv = inv_var.data_ptr<T>();
-    c.coef = log_coef.data_ptr<T>();
-    c.K = K;
-    c.d = d;
     const size_t bytes = static_cast<size_t>(K * (2 * d + 1)) * sizeof(T);
-    c.params_in_smem = bytes <= kMaxSharedBytes;
-    const size_t smem = c.params_in_smem ? bytes : 0;
-    T* xp = x.data_ptr<T>();
-    T* up = energy.data_ptr<T>();
-    T* gp = grad.data_ptr<T>();
-    if (d <= kWarp) {
-      launch<T, 1>(c, xp, up, gp, smem);
-    } else if (d <= 4 * kWarp) {
-      launch<T, 4>(c, xp, up, gp, smem);
-    } else {
-      launch<T, 16>(c, xp, up, gp, smem);
-    }
+    c.e = {means.data_ptr<T>(), inv_var.data_ptr<T>(), log_coef.data_ptr<T>(), K, d, bytes <= kMaxSharedBytes};
+    c.d = d;
+    launch_for_d(c, x, energy, grad, c.e.params_in_smem ? bytes : 0);
+  });
+}
+
+void double_well_chain_cuda(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, const at::Tensor& params,
+                            int64_t n_steps, double step, double noise_std, int64_t seed, int64_t offset,
+                            int64_t chain_mode, const std::optional<at::Tensor>& log_w,
+                            const std::optional<at::Tensor>& log_w_steps, at::Tensor& accepted) {
+  check_double_well_chain_args(x, energy, grad, params);
+  const int64_t N = x.size(0), d = x.size(1);
+  check_chain_state("double_well_chain", N, n_steps, chain_mode, log_w, log_w_steps, accepted);
+  check_cuda_chain("double_well_chain", {&x, &energy, &grad, &params, &accepted}, x, log_w, log_w_steps);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (N == 0 || n_steps == 0) return;
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "double_well_chain_cuda", [&] {
+    using T = scalar_t;
+    CudaChainArgs<T, DoubleWellDev<T>> c;
+    static_cast<ChainRun<T>&>(c) =
+        make_chain_run<T>(N, n_steps, step, noise_std, seed, offset, chain_mode, log_w, log_w_steps, accepted);
+    c.e = {params.data_ptr<T>(), d, T(0), T(0)};
+    c.d = d;
+    launch_for_d(c, x, energy, grad, 0);
   });
 }
 
@@ -287,6 +365,7 @@ void mixture_chain_cuda(at::Tensor& x, at::Tensor& energy, at::Tensor& grad, con
 
 TORCH_LIBRARY_IMPL(fastlangevin, CUDA, m) {
   m.impl("mixture_chain", &mixture_chain_cuda);
+  m.impl("double_well_chain", &double_well_chain_cuda);
 }
 
 }  // namespace fastlangevin
