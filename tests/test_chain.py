@@ -229,3 +229,22 @@ def test_sample_non_finite_in_fused_chain():
     e = Gaussian(torch.zeros(3), 1e-3)
     with pytest.raises(fl.NonFiniteError, match=r"sample: .*non-finite within steps 0..50 \(fused chain\) for 4 walker"):
         fl.sample(e, torch.ones(4, 3), 50, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_double_well_chain_opcheck(dtype):
+    """torch.library.opcheck of fastlangevin::double_well_chain (schema, fake kernel, aliasing),
+    modes ULA and weights (with log_w_steps)."""
+    require("cpu", "cpu")
+    from fastlangevin.chain import _register_fakes
+
+    _register_fakes()
+    e = _dw(5, dtype)
+    x = _x0(13, 5, dtype, scale=1.0)
+    u, g = e.energy_and_grad(x)
+    params = torch.stack(e.double_well_chain_params()).to(dtype)
+    op = torch.ops.fastlangevin.double_well_chain.default
+    acc = torch.zeros(13, dtype=torch.int64)
+    torch.library.opcheck(op, (x.clone(), u.clone(), g.clone(), params, 3, 0.01, 0.14, 1, 2, 0, None, None, acc.clone()))
+    lw, steps = torch.zeros(13, dtype=torch.float64), torch.zeros(3, 13, dtype=torch.float64)
+    torch.library.opcheck(op, (x.clone(), u.clone(), g.clone(), params, 3, 0.01, 0.14, 1, 2, 1, lw, steps, acc.clone()))
