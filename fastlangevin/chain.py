@@ -100,6 +100,15 @@ def _check_scalar(op: str, name: str, v, allow_zero: bool) -> float:
     return v
 
 
+def _check_walkers(op: str, x) -> None:
+    """x: float32 or float64 [N, d] (every chain op's walkers)."""
+    check_float_tensor(op, "x", x)
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must have shape [N, d], got {_shape(x)}")
+
+
 def _check_run(op: str, n_steps, mode: str, step_size, noise_std, seed, offset) -> tuple:
     """The run arguments every chain op shares: (a, s, seed, offset), s = sqrt(2a) by default."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
@@ -182,11 +191,7 @@ def mixture_chain(
     tensors picks "cuda", or "triton" where d > 512.
     """
     op = "mixture_chain"
-    check_float_tensor(op, "x", x)
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{op}: x must have shape [N, d], got {_shape(x)}")
+    _check_walkers(op, x)
     n, d = x.shape
     for name, t in (("means", means), ("inv_var", inv_var), ("log_coef", log_coef)):
         check_float_tensor(op, name, t)
@@ -286,11 +291,7 @@ def double_well_chain(
     float32 and float64. "auto" on CUDA tensors picks "cuda", or "triton" where d > 512.
     """
     op = "double_well_chain"
-    check_float_tensor(op, "x", x)
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{op}: x must have shape [N, d], got {_shape(x)}")
+    _check_walkers(op, x)
     h, c = _dw_scalar(op, "barrier", barrier, x), _dw_scalar(op, "center", center, x)
     a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
@@ -420,11 +421,7 @@ def mlp_chain(
     Walkers do not route to it yet).
     """
     op = "mlp_chain"
-    check_float_tensor(op, "x", x)
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{op}: x must have shape [N, d], got {_shape(x)}")
+    _check_walkers(op, x)
     n, d = x.shape
     if act not in MLP_ACTS:
         raise ValueError(f"{op}: act must be one of {MLP_ACTS}, got {act!r}")
