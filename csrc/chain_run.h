@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
@@ -38,6 +39,23 @@ struct ChainRun {
   double* log_w;        // [N] (mode kWeights), else null
   double* log_w_steps;  // [n_steps, N] (mode kWeights, optional), else null
   int64_t* accepted;    // [N]
+
+  // The CPU chains' per-walker decision after step k's proposal for walker r, whose log-ratio
+  // (Jarzynski increment / MALA log acceptance ratio) is inc: mode kWeights adds inc to the
+  // walker's log-weight (and records it in log_w_steps) and takes the move; mode kMala draws
+  // the step's uniform from the MALA stream at mh_off and takes the move when log u < inc (NaN
+  // ratios reject, as in sample()'s MALA), counting it in accepted. Returns whether it is taken.
+  // (Host only: the CUDA chain keeps the log-weight in a register instead.)
+  bool weigh_or_accept(int64_t k, int64_t r, double inc, uint64_t mh_off) const {
+    if (mode == kWeights) {
+      log_w[r] += inc;
+      if (log_w_steps) log_w_steps[k * N + r] = log_w[r];
+      return true;
+    }
+    const bool take = std::log(resample_uniform(seed, mh_off, static_cast<uint64_t>(r))) < inc;
+    accepted[r] += take ? 1 : 0;
+    return take;
+  }
 };
 
 // Checks mode, n_steps, accepted, log_w and log_w_steps of chain op `op` ("mixture_chain",

@@ -345,16 +345,7 @@ FL_HD void run_tile(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, Tile
       const T* gy = gys + lr * dP;
       const double inc = (static_cast<double>(b.u[lr]) - static_cast<double>(b.uy[lr])) +
                          increment_sum(x, y, g, gy, d, c.rc);
-      bool take = true;
-      if (c.mode == kWeights) {
-        c.log_w[r] += inc;
-        if (c.log_w_steps) c.log_w_steps[k * c.N + r] = c.log_w[r];
-      } else {
-        const double u01 = resample_uniform(c.seed, mh_off, static_cast<uint64_t>(r));
-        take = std::log(u01) < inc;  // NaN ratios reject, as in sample()'s MALA
-        c.accepted[r] += take ? 1 : 0;
-      }
-      if (take) {
+      if (c.weigh_or_accept(k, r, inc, mh_off)) {
         std::copy(y, y + d, x);
         std::copy(gy, gy + d, g);
         b.u[lr] = b.uy[lr];
