@@ -185,3 +185,74 @@ def test_bad_dtype_and_backend():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="randn: backend 'cuda' is unavailable"):
             fl.randn((3,), seed=0, backend="cuda")
+
+
+_ISA_SCRIPT = r"""
+import sys, torch, fastlangevin as fl
+from fastlangevin.energies import GaussianMixture, MLPEnergy
+torch.manual_seed(0)
+out = {}
+for seed, offset in [(1, 1), ((1 << 40) + 3, (1 << 33) + 7), (5, (1 << 63) + 9)]:
+    out[f"randn32-{seed}-{offset}"] = fl.randn((300_001,), seed=seed, offset=offset, backend="cpu")
+    out[f"randn64-{seed}-{offset}"] = fl.randn((20_003,), seed=seed, offset=offset, dtype=torch.float64,
+                                                backend="cpu")
+x = torch.randn(300, 50)
+m = torch.zeros(2, 50); m[0, 0], m[1, 0] = -3.0, 3.0
+gmm = GaussianMixture(m, torch.tensor([0.3, 0.7]).log(), learnable=False)
+out["mixture"] = fl.sample(gmm, x, 20, 0.05, seed=3).x
+mlp = MLPEnergy(50, hidden=32, depth=2)
+out["mlp"] = fl.sample(mlp, x, 10, 0.01, seed=4).x
+g, y, gy = torch.randn(300, 50), torch.randn(300, 50), torch.randn(300, 50)
+u, uy = torch.randn(300), torch.randn(300)
+out["increment"] = fl.jarzynski_increment(x, g, u, y, gy, uy, 0.01, 0.2, backend="cpu")
+torch.save(out, sys.argv[1])
+"""
+
+
+def _run_isa(isa, tmp_path):
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / f"{isa}.pt"
+    env = dict(os.environ, FASTLANGEVIN_CPU_ISA=isa, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+    return r, path
+
+
+def test_cpu_isa_paths_agree(tmp_path):
+    """The CPU kernels' run-time ISA choice (csrc/cpu/isa_cpu.h; FASTLANGEVIN_CPU_ISA caps it):
+    the AVX2 and AVX-512 clones agree bit for bit (same operations, same FMA contraction); the
+    generic clone has no FMA, so it rounds differently: normals within 2.4e-7 (the float32
+    Box-Muller's own error bound is 1e-6 |z|), chains and increments within float tolerance.
+    Seeds and offsets above 2^32 exercise the high key and counter words that the AVX-512
+    generator folds into its lane-invariant round 0. On a CPU without AVX-512 (or AVX2) the cap
+    cannot raise the level, so the comparison degenerates to equal paths and still holds."""
+    require("cpu", "cpu")
+    res = {}
+    for isa in ("avx512", "avx2", "generic"):
+        r, path = _run_isa(isa, tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res[isa] = torch.load(path)
+    for k, v in res["avx512"].items():
+        assert torch.equal(v, res["avx2"][k]), k
+        if k.startswith("randn64"):  # libm on every path
+            assert torch.equal(v, res["generic"][k]), k
+        elif k.startswith("randn32"):
+            torch.testing.assert_close(res["generic"][k], v, rtol=0, atol=2.4e-7 * 4, msg=k)
+        else:
+            torch.testing.assert_close(res["generic"][k], v, rtol=1e-4, atol=1e-4, msg=k)
+    # and the auto choice of this process is one of them, bit for bit
+    z = fl.randn((300_001,), seed=1, offset=1, backend="cpu")
+    assert torch.equal(z, res["avx512"]["randn32-1-1"])
+
+
+def test_cpu_isa_bad_value(tmp_path):
+    require("cpu", "cpu")
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, FASTLANGEVIN_CPU_ISA="sse9")
+    r = subprocess.run([sys.executable, "-c", "import fastlangevin as fl; fl.randn((4,), seed=1, backend='cpu')"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "FASTLANGEVIN_CPU_ISA must be generic, avx2 or avx512, got 'sse9'" in r.stderr

@@ -22,6 +22,7 @@
 #include "../chain_run.h"
 #include "../log_ratio.h"
 #include "../philox.h"
+#include "isa_cpu.h"
 #include "normals_cpu.h"
 
 namespace fastlangevin {
@@ -205,9 +206,10 @@ __attribute__((target("avx2,fma"))) void run_tile_avx2(const ChainArgs<T, E>& c,
   run_tile(c, r0, r1, b);
 }
 
-bool chain_use_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+template <typename T, typename E>
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) void run_tile_avx512(const ChainArgs<T, E>& c, int64_t r0,
+                                                                        int64_t r1, TileBuffers<T>& b) {
+  run_tile(c, r0, r1, b);
 }
 #endif
 
@@ -224,7 +226,9 @@ void run_chain(const ChainArgs<T, E>& c, T* xp, T* gp, T* up) {
       std::copy(gp + r0 * d, gp + r1 * d, b.g.data());
       std::copy(up + r0, up + r1, b.u.data());
 #if defined(__x86_64__) || defined(_M_X64)
-      if (chain_use_avx2()) {
+      if (cpu_has(CpuIsa::kAvx512)) {
+        run_tile_avx512(c, r0, r1, b);
+      } else if (cpu_has(CpuIsa::kAvx2)) {
         run_tile_avx2(c, r0, r1, b);
       } else {
         run_tile_generic(c, r0, r1, b);

@@ -25,6 +25,7 @@
 #include "../normal.h"
 #include "../philox.h"
 #include "../step_checks.h"
+#include "isa_cpu.h"
 #include "normals_cpu.h"
 
 namespace fastlangevin {
@@ -66,6 +67,40 @@ void fill_normals_f32_generic(uint64_t seed, uint64_t offset, uint64_t block0, i
 //  * Box-Muller on lane-major arrays (8-wide), then a 4x8 shuffle transpose into element order;
 //    writing element order directly is a stride-4 store group that GCC does only 4-wide.
 constexpr int kTile = 64;  // Philox blocks per tile: 4 registers x 8 lanes x 2
+
+// Box-Muller on one tile's lane-major words w[4][kTile] (csrc/normal.h's normals4_f32, word p
+// of block j at w[p][j]) into z[4][kTile]: plain C++ that GCC vectorises 8-wide for whichever
+// target the caller is compiled for.
+FL_HD void box_muller_tile(const uint32_t (&w)[4][kTile], float (&z)[4][kTile]) {
+  for (int j = 0; j < kTile; ++j) {
+    const float r0 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[0][j])));
+    const float r1 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[2][j])));
+    float s0, c0, s1, c1;
+    sincos_2pi_f32(uniform_angle(w[1][j]), s0, c0);
+    sincos_2pi_f32(uniform_angle(w[3][j]), s1, c1);
+    z[0][j] = r0 * c0;
+    z[1][j] = r0 * s0;
+    z[2][j] = r1 * c1;
+    z[3][j] = r1 * s1;
+  }
+}
+
+// z[4][kTile] (lane-major) -> out[4 * kTile] in element order: 4 x 8 -> 8 x 4 shuffle transposes.
+__attribute__((target("avx2,fma"))) FL_HD void store_element_order(const float (&z)[4][kTile],
+                                                                     float* __restrict__ o) {
+  for (int j = 0; j < kTile; j += 8) {
+    const __m256 a = _mm256_load_ps(z[0] + j), b = _mm256_load_ps(z[1] + j);
+    const __m256 c = _mm256_load_ps(z[2] + j), d = _mm256_load_ps(z[3] + j);
+    const __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
+    const __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    _mm256_storeu_ps(o + 4 * j + 0, _mm256_permute2f128_ps(u0, u1, 0x20));
+    _mm256_storeu_ps(o + 4 * j + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
+    _mm256_storeu_ps(o + 4 * j + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(o + 4 * j + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+  }
+}
 
 __attribute__((target("avx2,fma"))) inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, m);                        // lanes 0,2,4,6 -> 64-bit
@@ -123,37 +158,82 @@ __attribute__((target("avx2,fma"))) void fill_normals_f32_avx2(uint64_t seed, ui
         _mm256_store_si256(reinterpret_cast<__m256i*>(w[3] + v + 8 * q), c3[q]);
       }
     }
-    for (int j = 0; j < kTile; ++j) {  // Box-Muller, lane-major (csrc/normal.h's normals4_f32)
-      const float r0 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[0][j])));
-      const float r1 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[2][j])));
-      float s0, c0, s1, c1;
-      sincos_2pi_f32(uniform_angle(w[1][j]), s0, c0);
-      sincos_2pi_f32(uniform_angle(w[3][j]), s1, c1);
-      z[0][j] = r0 * c0;
-      z[1][j] = r0 * s0;
-      z[2][j] = r1 * c1;
-      z[3][j] = r1 * s1;
-    }
-    float* o = out + 4 * t;
-    for (int j = 0; j < kTile; j += 8) {  // 4 x 8 -> 8 x 4: lanes back into element order
-      const __m256 a = _mm256_load_ps(z[0] + j), b = _mm256_load_ps(z[1] + j);
-      const __m256 c = _mm256_load_ps(z[2] + j), d = _mm256_load_ps(z[3] + j);
-      const __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
-      const __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      _mm256_storeu_ps(o + 4 * j + 0, _mm256_permute2f128_ps(u0, u1, 0x20));
-      _mm256_storeu_ps(o + 4 * j + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
-      _mm256_storeu_ps(o + 4 * j + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
-      _mm256_storeu_ps(o + 4 * j + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
-    }
+    box_muller_tile(w, z);
+    store_element_order(z, out + 4 * t);
   }
 }
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+// The same stream with AVX-512VL (on 256-bit registers), picked at run time where the CPU has
+// it. Each register holds 4 blocks' words in the low halves of 64-bit lanes, so vpmuludq reads
+// them as they are: a round is 2 multiplies, 2 shifts (the high products down) and 2 three-way
+// XORs (one vpternlogd each with AVX-512VL; without it, 4 XORs, and this layout measured slower
+// than the blend layout above: 1.25 vs 1.15 ns/element). Round 0 is mostly lane-invariant (the
+// c1, c2, c3 words are the block's high word and the offset, the same for a whole tile), so it
+// is one multiply per register. The Box-Muller loop compiled for this target is also faster.
+// Measured on the 2-core EPYC (Zen 4) dev box, one thread, 2048 normals per call from L1
+// (median of 3 runs of 4000 calls): AVX2 path 1.15 ns/element, this 0.85 (0.92 with the AVX2
+// Philox layout under this target, so both changes count).
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) void fill_normals_f32_avx512(
+    uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, float* __restrict__ out) {
+  constexpr int V = 8;  // independent 4-block registers in flight (4: 0.90 ns/element, 8: 0.85)
+  const __m256i M0 = _mm256_set1_epi64x(kPhiloxM0);
+  const __m256i M1 = _mm256_set1_epi64x(kPhiloxM1);
+  const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+  const __m256i even_words = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  alignas(32) uint32_t w[4][kTile];
+  alignas(32) float z[4][kTile];
+  const uint32_t k00 = static_cast<uint32_t>(seed), k10 = static_cast<uint32_t>(seed >> 32);
+  // round 0's lane-invariant half: M1 * (offset's low word)
+  const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * static_cast<uint32_t>(offset);
+  const __m256i r0c1 = _mm256_set1_epi64x(static_cast<uint32_t>(p1));
+  const __m256i r0c2x = _mm256_set1_epi64x(static_cast<uint32_t>(offset >> 32) ^ k10);
+  for (int64_t t = 0; t < nblocks; t += kTile) {
+    const uint64_t first = block0 + static_cast<uint64_t>(t);
+    if (nblocks - t < kTile || static_cast<uint32_t>(first) > 0xFFFFFFFFu - kTile) {
+      fill_normals_f32_generic(seed, offset, first, std::min<int64_t>(kTile, nblocks - t), out + 4 * t);
+      continue;
+    }
+    const __m256i r0c0 =
+        _mm256_set1_epi64x(static_cast<uint32_t>(p1 >> 32) ^ static_cast<uint32_t>(first >> 32) ^ k00);
+    for (int v = 0; v < kTile; v += 4 * V) {
+      __m256i c0[V], c1[V], c2[V], c3[V];
+      for (int q = 0; q < V; ++q) {  // round 0
+        const uint64_t b = first + static_cast<uint64_t>(v + 4 * q);
+        const __m256i p0 =
+            _mm256_mul_epu32(_mm256_add_epi64(_mm256_set1_epi64x(static_cast<uint32_t>(b)), lane), M0);
+        c0[q] = r0c0;
+        c1[q] = r0c1;
+        c2[q] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), r0c2x);
+        c3[q] = p0;
+      }
+      uint32_t k0 = k00, k1 = k10;
+      for (int r = 1; r < kPhiloxRounds; ++r) {
+        k0 += kPhiloxW0;
+        k1 += kPhiloxW1;
+        const __m256i K0 = _mm256_set1_epi64x(k0), K1 = _mm256_set1_epi64x(k1);
+        for (int q = 0; q < V; ++q) {
+          const __m256i p0 = _mm256_mul_epu32(c0[q], M0);
+          const __m256i p1q = _mm256_mul_epu32(c2[q], M1);
+          c0[q] = _mm256_ternarylogic_epi64(_mm256_srli_epi64(p1q, 32), c1[q], K0, 0x96);  // a ^ b ^ c
+          c2[q] = _mm256_ternarylogic_epi64(_mm256_srli_epi64(p0, 32), c3[q], K1, 0x96);
+          c1[q] = p1q;
+          c3[q] = p0;
+        }
+      }
+      for (int q = 0; q < V; q += 2) {  // low halves of two registers -> 8 words in block order
+        const __m256i* c[4] = {c0, c1, c2, c3};
+        for (int i = 0; i < 4; ++i) {
+          const __m256i lo = _mm256_permutevar8x32_epi32(c[i][q], even_words);
+          const __m256i hi = _mm256_permutevar8x32_epi32(c[i][q + 1], even_words);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(w[i] + v + 4 * q), _mm256_permute2x128_si256(lo, hi, 0x20));
+        }
+      }
+    }
+    box_muller_tile(w, z);
+    store_element_order(z, out + 4 * t);
+  }
 }
+
 #endif
 
 }  // namespace
@@ -161,7 +241,11 @@ bool cpu_has_avx2() {
 // Exported (csrc/cpu/normals_cpu.h) for the fused chains of csrc/cpu/chain_cpu.cpp.
 void fill_normals_f32(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, float* __restrict__ out) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (cpu_has_avx2()) {
+  if (cpu_has(CpuIsa::kAvx512)) {
+    fill_normals_f32_avx512(seed, offset, block0, nblocks, out);
+    return;
+  }
+  if (cpu_has(CpuIsa::kAvx2)) {
     fill_normals_f32_avx2(seed, offset, block0, nblocks, out);
     return;
   }

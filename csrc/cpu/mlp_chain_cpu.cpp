@@ -30,6 +30,7 @@
 #include "../log_ratio.h"
 #include "../normal.h"
 #include "../philox.h"
+#include "isa_cpu.h"
 #include "normals_cpu.h"
 
 namespace fastlangevin {
@@ -376,10 +377,6 @@ __attribute__((target("avx2,fma"))) void run_tile_avx2(const MlpArgs<T>& c, int6
   }
 }
 
-bool mlp_use_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
 
 template <typename T>
@@ -402,7 +399,7 @@ void run_chain(const MlpArgs<T>& c, T* xp, T* gp, T* up) {
       // The micro-kernels run on whole kRB-row blocks: only round_up(nr, kRB) rows are computed.
       const int64_t R = round_up(nr, kRB);
 #if defined(__x86_64__) || defined(_M_X64)
-      if (mlp_use_avx2()) {
+      if (cpu_has(CpuIsa::kAvx2)) {
         run_tile_avx2(c, r0, r1, R, b);
       } else {
         run_tile_generic(c, r0, r1, R, b);

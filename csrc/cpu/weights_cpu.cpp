@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "isa_cpu.h"
+
 #include <algorithm>
 #include <optional>
 
@@ -60,17 +62,13 @@ __attribute__((target("avx2,fma"))) double row_sum_avx2(const scalar_t* x, const
   return row_sum<kTwoSided>(x, y, gx, gy, n, k);
 }
 
-bool use_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
 
 template <bool kTwoSided, typename scalar_t>
 double row_sum_dispatch(const scalar_t* x, const scalar_t* y, const scalar_t* gx, const scalar_t* gy, int64_t n,
                         const RatioCoef& k) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (use_avx2()) return row_sum_avx2<kTwoSided>(x, y, gx, gy, n, k);
+  if (cpu_has(CpuIsa::kAvx2)) return row_sum_avx2<kTwoSided>(x, y, gx, gy, n, k);
 #endif
   return row_sum<kTwoSided>(x, y, gx, gy, n, k);
 }
