@@ -235,8 +235,8 @@ def test_cpu_isa_paths_agree(tmp_path):
         res[isa] = torch.load(path)
     for k, v in res["avx512"].items():
         assert torch.equal(v, res["avx2"][k]), k
-        if k.startswith("randn64"):  # libm on every path
-            assert torch.equal(v, res["generic"][k]), k
+        if k.startswith("randn64"):
+            torch.testing.assert_close(res["generic"][k], v, rtol=0, atol=1e-14, msg=k)
         elif k.startswith("randn32"):
             torch.testing.assert_close(res["generic"][k], v, rtol=0, atol=2.4e-7 * 4, msg=k)
         else:

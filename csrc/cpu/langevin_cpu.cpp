@@ -40,21 +40,61 @@ namespace {
 #endif
 constexpr int64_t kChunk = FL_CHUNK;
 
-// Normals of blocks [block0, block0 + nblocks) of stream (seed, offset) into out[4 * nblocks].
-// The portable version: GCC vectorises this loop for whatever ISA it is compiled for.
-// (No `#pragma omp simd`: with it GCC 12 treats the Words4 temporaries as simd arrays, wants
-// scatter stores and gives up; the plain loop vectorises, -fopt-info-vec.)
-void fill_normals_f32_generic(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks,
-                              float* __restrict__ out) {
+constexpr int kTile = 64;  // Philox blocks per tile: 4 registers x 8 lanes x 2 (AVX2)
+
+// The normals of nblocks (<= kTile) blocks from `first`, one block at a time: the portable
+// path, and the tail of a tile-wise call. Always inlined, so that it is compiled for the
+// caller's target like the tile loop it completes (the same FMA contractions: an element's
+// value never depends on whether it fell in a full tile or a tail).
+template <typename T>
+FL_HD void normals_blocks(uint64_t seed, uint64_t offset, uint64_t first, int64_t nblocks, T* __restrict__ out) {
   for (int64_t j = 0; j < nblocks; ++j) {
-    const Words4 w = philox_block(seed, offset, block0 + static_cast<uint64_t>(j));
-    float z[4];
-    normals4_f32(w, z);
+    const Words4 w = philox_block(seed, offset, first + static_cast<uint64_t>(j));
+    T z[4];
+    if constexpr (std::is_same_v<T, float>) {
+      normals4_f32(w, z);
+    } else {
+      normals4_f64(w, z);
+    }
     out[4 * j + 0] = z[0];
     out[4 * j + 1] = z[1];
     out[4 * j + 2] = z[2];
     out[4 * j + 3] = z[3];
   }
+}
+
+// Box-Muller on one tile's lane-major words w[4][kTile] (csrc/normal.h's normals4_f32 /
+// normals4_f64: word p of block j at w[p][j]) into z[4][kTile]: plain C++ that GCC vectorises
+// (8 floats or 4 doubles wide) for whichever target the caller is compiled for.
+template <typename T>
+FL_HD void box_muller_tile(const uint32_t (&w)[4][kTile], T (&z)[4][kTile]) {
+  for (int j = 0; j < kTile; ++j) {
+    T r0, r1, s0, c0, s1, c1;
+    if constexpr (std::is_same_v<T, float>) {
+      r0 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[0][j])));
+      r1 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[2][j])));
+      sincos_2pi_f32(uniform_angle(w[1][j]), s0, c0);
+      sincos_2pi_f32(uniform_angle(w[3][j]), s1, c1);
+    } else {
+      r0 = sqrt(-2.0 * log_unit_f64(static_cast<double>(uniform_radius(w[0][j]))));
+      r1 = sqrt(-2.0 * log_unit_f64(static_cast<double>(uniform_radius(w[2][j]))));
+      sincos_2pi_f64(static_cast<double>(uniform_angle(w[1][j])), s0, c0);
+      sincos_2pi_f64(static_cast<double>(uniform_angle(w[3][j])), s1, c1);
+    }
+    z[0][j] = r0 * c0;
+    z[1][j] = r0 * s0;
+    z[2][j] = r1 * c1;
+    z[3][j] = r1 * s1;
+  }
+}
+
+// Normals of blocks [block0, block0 + nblocks) of stream (seed, offset) into out[4 * nblocks].
+// The portable version: GCC vectorises this loop for whatever ISA it is compiled for.
+// (No `#pragma omp simd`: with it GCC 12 treats the Words4 temporaries as simd arrays, wants
+// scatter stores and gives up; the plain loop vectorises, -fopt-info-vec.)
+template <typename T>
+void fill_normals_generic(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, T* __restrict__ out) {
+  normals_blocks(seed, offset, block0, nblocks, out);
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -66,26 +106,9 @@ void fill_normals_f32_generic(uint64_t seed, uint64_t offset, uint64_t block0, i
 //    register at a time waits on multiply latency (2.9 -> 1.2 ns/element for the words alone).
 //  * Box-Muller on lane-major arrays (8-wide), then a 4x8 shuffle transpose into element order;
 //    writing element order directly is a stride-4 store group that GCC does only 4-wide.
-constexpr int kTile = 64;  // Philox blocks per tile: 4 registers x 8 lanes x 2
 
-// Box-Muller on one tile's lane-major words w[4][kTile] (csrc/normal.h's normals4_f32, word p
-// of block j at w[p][j]) into z[4][kTile]: plain C++ that GCC vectorises 8-wide for whichever
-// target the caller is compiled for.
-FL_HD void box_muller_tile(const uint32_t (&w)[4][kTile], float (&z)[4][kTile]) {
-  for (int j = 0; j < kTile; ++j) {
-    const float r0 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[0][j])));
-    const float r1 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[2][j])));
-    float s0, c0, s1, c1;
-    sincos_2pi_f32(uniform_angle(w[1][j]), s0, c0);
-    sincos_2pi_f32(uniform_angle(w[3][j]), s1, c1);
-    z[0][j] = r0 * c0;
-    z[1][j] = r0 * s0;
-    z[2][j] = r1 * c1;
-    z[3][j] = r1 * s1;
-  }
-}
-
-// z[4][kTile] (lane-major) -> out[4 * kTile] in element order: 4 x 8 -> 8 x 4 shuffle transposes.
+// z[4][kTile] (lane-major) -> out[4 * kTile] in element order: 4 x 8 (float) or 4 x 4 (double)
+// shuffle transposes.
 __attribute__((target("avx2,fma"))) FL_HD void store_element_order(const float (&z)[4][kTile],
                                                                      float* __restrict__ o) {
   for (int j = 0; j < kTile; j += 8) {
@@ -102,6 +125,20 @@ __attribute__((target("avx2,fma"))) FL_HD void store_element_order(const float (
   }
 }
 
+__attribute__((target("avx2,fma"))) FL_HD void store_element_order(const double (&z)[4][kTile],
+                                                                     double* __restrict__ o) {
+  for (int j = 0; j < kTile; j += 4) {
+    const __m256d a = _mm256_load_pd(z[0] + j), b = _mm256_load_pd(z[1] + j);
+    const __m256d c = _mm256_load_pd(z[2] + j), d = _mm256_load_pd(z[3] + j);
+    const __m256d t0 = _mm256_unpacklo_pd(a, b), t1 = _mm256_unpackhi_pd(a, b);  // blocks j, j+2 | j+1, j+3 (words 0, 1)
+    const __m256d t2 = _mm256_unpacklo_pd(c, d), t3 = _mm256_unpackhi_pd(c, d);  // (words 2, 3)
+    _mm256_storeu_pd(o + 4 * j + 0, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(o + 4 * j + 4, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(o + 4 * j + 8, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(o + 4 * j + 12, _mm256_permute2f128_pd(t1, t3, 0x31));
+  }
+}
+
 __attribute__((target("avx2,fma"))) inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, m);                        // lanes 0,2,4,6 -> 64-bit
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1,3,5,7 -> 64-bit
@@ -109,22 +146,13 @@ __attribute__((target("avx2,fma"))) inline void mulhilo8(__m256i a, __m256i m, _
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-__attribute__((target("avx2,fma"))) void fill_normals_f32_avx2(uint64_t seed, uint64_t offset, uint64_t block0,
-                                                                int64_t nblocks, float* __restrict__ out) {
+// The words of the kTile blocks from `first` (no low-word wrap inside) into w[p][j].
+__attribute__((target("avx2,fma"))) FL_HD void philox_tile_avx2(uint64_t seed, uint64_t offset, uint64_t first,
+                                                                  uint32_t (&w)[4][kTile]) {
   constexpr int V = 4;  // independent 8-block registers in flight
   const __m256i M0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i M1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  alignas(32) uint32_t w[4][kTile];
-  alignas(32) float z[4][kTile];
-  for (int64_t t = 0; t < nblocks; t += kTile) {
-    const uint64_t first = block0 + static_cast<uint64_t>(t);
-    // A partial tile, or one whose low counter word wraps (blocks near a multiple of 2^32,
-    // i.e. element 2^34 and beyond), goes through the portable path.
-    if (nblocks - t < kTile || static_cast<uint32_t>(first) > 0xFFFFFFFFu - kTile) {
-      fill_normals_f32_generic(seed, offset, first, std::min<int64_t>(kTile, nblocks - t), out + 4 * t);
-      continue;
-    }
     for (int v = 0; v < kTile; v += 8 * V) {
       __m256i c0[V], c1[V], c2[V], c3[V];
       for (int q = 0; q < V; ++q) {
@@ -158,9 +186,6 @@ __attribute__((target("avx2,fma"))) void fill_normals_f32_avx2(uint64_t seed, ui
         _mm256_store_si256(reinterpret_cast<__m256i*>(w[3] + v + 8 * q), c3[q]);
       }
     }
-    box_muller_tile(w, z);
-    store_element_order(z, out + 4 * t);
-  }
 }
 
 // The same stream with AVX-512VL (on 256-bit registers), picked at run time where the CPU has
@@ -173,28 +198,21 @@ __attribute__((target("avx2,fma"))) void fill_normals_f32_avx2(uint64_t seed, ui
 // Measured on the 2-core EPYC (Zen 4) dev box, one thread, 2048 normals per call from L1
 // (median of 3 runs of 4000 calls): AVX2 path 1.15 ns/element, this 0.85 (0.92 with the AVX2
 // Philox layout under this target, so both changes count).
-__attribute__((target("avx2,fma,avx512f,avx512vl"))) void fill_normals_f32_avx512(
-    uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, float* __restrict__ out) {
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) FL_HD void philox_tile_avx512(uint64_t seed, uint64_t offset,
+                                                                                     uint64_t first,
+                                                                                     uint32_t (&w)[4][kTile]) {
   constexpr int V = 8;  // independent 4-block registers in flight (4: 0.90 ns/element, 8: 0.85)
   const __m256i M0 = _mm256_set1_epi64x(kPhiloxM0);
   const __m256i M1 = _mm256_set1_epi64x(kPhiloxM1);
   const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
   const __m256i even_words = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-  alignas(32) uint32_t w[4][kTile];
-  alignas(32) float z[4][kTile];
   const uint32_t k00 = static_cast<uint32_t>(seed), k10 = static_cast<uint32_t>(seed >> 32);
   // round 0's lane-invariant half: M1 * (offset's low word)
   const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * static_cast<uint32_t>(offset);
   const __m256i r0c1 = _mm256_set1_epi64x(static_cast<uint32_t>(p1));
   const __m256i r0c2x = _mm256_set1_epi64x(static_cast<uint32_t>(offset >> 32) ^ k10);
-  for (int64_t t = 0; t < nblocks; t += kTile) {
-    const uint64_t first = block0 + static_cast<uint64_t>(t);
-    if (nblocks - t < kTile || static_cast<uint32_t>(first) > 0xFFFFFFFFu - kTile) {
-      fill_normals_f32_generic(seed, offset, first, std::min<int64_t>(kTile, nblocks - t), out + 4 * t);
-      continue;
-    }
-    const __m256i r0c0 =
-        _mm256_set1_epi64x(static_cast<uint32_t>(p1 >> 32) ^ static_cast<uint32_t>(first >> 32) ^ k00);
+  const __m256i r0c0 =
+      _mm256_set1_epi64x(static_cast<uint32_t>(p1 >> 32) ^ static_cast<uint32_t>(first >> 32) ^ k00);
     for (int v = 0; v < kTile; v += 4 * V) {
       __m256i c0[V], c1[V], c2[V], c3[V];
       for (int q = 0; q < V; ++q) {  // round 0
@@ -229,10 +247,33 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) void fill_normals_f32_avx51
         }
       }
     }
-    box_muller_tile(w, z);
-    store_element_order(z, out + 4 * t);
-  }
 }
+
+// One tile-wise fill per (ISA, dtype): Philox words for a whole tile, Box-Muller, element order;
+// a short tail, or a tile whose low counter word wraps (blocks near a multiple of 2^32, i.e.
+// element 2^34 and beyond), goes block by block (normals_blocks, inlined for the same target).
+#define FL_DEFINE_FILL(NAME, TARGET, T, PHILOX_TILE)                                                     \
+  __attribute__((target(TARGET))) void NAME(uint64_t seed, uint64_t offset, uint64_t block0,             \
+                                            int64_t nblocks, T* __restrict__ out) {                      \
+    alignas(32) uint32_t w[4][kTile];                                                                    \
+    alignas(32) T z[4][kTile];                                                                           \
+    for (int64_t t = 0; t < nblocks; t += kTile) {                                                       \
+      const uint64_t first = block0 + static_cast<uint64_t>(t);                                          \
+      if (nblocks - t < kTile || static_cast<uint32_t>(first) > 0xFFFFFFFFu - kTile) {                   \
+        normals_blocks<T>(seed, offset, first, std::min<int64_t>(kTile, nblocks - t), out + 4 * t);      \
+        continue;                                                                                        \
+      }                                                                                                  \
+      PHILOX_TILE(seed, offset, first, w);                                                               \
+      box_muller_tile<T>(w, z);                                                                          \
+      store_element_order(z, out + 4 * t);                                                               \
+    }                                                                                                    \
+  }
+
+FL_DEFINE_FILL(fill_normals_f32_avx2, "avx2,fma", float, philox_tile_avx2)
+FL_DEFINE_FILL(fill_normals_f64_avx2, "avx2,fma", double, philox_tile_avx2)
+FL_DEFINE_FILL(fill_normals_f32_avx512, "avx2,fma,avx512f,avx512vl", float, philox_tile_avx512)
+FL_DEFINE_FILL(fill_normals_f64_avx512, "avx2,fma,avx512f,avx512vl", double, philox_tile_avx512)
+#undef FL_DEFINE_FILL
 
 #endif
 
@@ -241,23 +282,18 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) void fill_normals_f32_avx51
 // Exported (csrc/cpu/normals_cpu.h) for the fused chains of csrc/cpu/chain_cpu.cpp.
 void fill_normals_f32(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, float* __restrict__ out) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (cpu_has(CpuIsa::kAvx512)) {
-    fill_normals_f32_avx512(seed, offset, block0, nblocks, out);
-    return;
-  }
-  if (cpu_has(CpuIsa::kAvx2)) {
-    fill_normals_f32_avx2(seed, offset, block0, nblocks, out);
-    return;
-  }
+  if (cpu_has(CpuIsa::kAvx512)) return fill_normals_f32_avx512(seed, offset, block0, nblocks, out);
+  if (cpu_has(CpuIsa::kAvx2)) return fill_normals_f32_avx2(seed, offset, block0, nblocks, out);
 #endif
-  fill_normals_f32_generic(seed, offset, block0, nblocks, out);
+  fill_normals_generic(seed, offset, block0, nblocks, out);
 }
 
 void fill_normals_f64(uint64_t seed, uint64_t offset, uint64_t block0, int64_t nblocks, double* __restrict__ out) {
-  for (int64_t j = 0; j < nblocks; ++j) {
-    const Words4 w = philox_block(seed, offset, block0 + static_cast<uint64_t>(j));
-    normals4_f64(w, out + 4 * j);
-  }
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu_has(CpuIsa::kAvx512)) return fill_normals_f64_avx512(seed, offset, block0, nblocks, out);
+  if (cpu_has(CpuIsa::kAvx2)) return fill_normals_f64_avx2(seed, offset, block0, nblocks, out);
+#endif
+  fill_normals_generic(seed, offset, block0, nblocks, out);
 }
 
 namespace {

@@ -90,11 +90,10 @@ __device__ __forceinline__ T normal_at(uint64_t seed, uint64_t off, uint64_t e) 
     sincos_2pi_f32(uniform_angle(wb), s, c);
     return odd ? rad * s : rad * c;
   } else {
-    constexpr double kTwoPi = 6.283185307179586476925;
-    const double ur = static_cast<double>(uniform_radius(wa));
-    const double ut = static_cast<double>(uniform_angle(wb));
-    const double rad = sqrt(-2.0 * log(ur));
-    return odd ? rad * sin(kTwoPi * ut) : rad * cos(kTwoPi * ut);
+    const double rad = sqrt(-2.0 * log_unit_f64(static_cast<double>(uniform_radius(wa))));
+    double s, c;
+    sincos_2pi_f64(static_cast<double>(uniform_angle(wb)), s, c);
+    return odd ? rad * s : rad * c;
   }
 }
 
