@@ -4,7 +4,10 @@
 // Conventions: `out` arguments are mutated in place (Tensor(a!)); scalars that may be absent
 // are passed as neutral values (grad_clip = inf, clamp = (-inf, inf), inv_ref_var = 0) so the
 // kernels branch on plain doubles, never on Python objects. Seeds and offsets are 64-bit words
-// carried in int64 (two's complement for values >= 2^63).
+// carried in int64 (two's complement for values >= 2^63), declared SymInt so that torch.compile
+// keeps them symbolic (an `int` argument would specialise a compiled graph on its value, one
+// recompile per new offset); the kernels still take int64_t, which the dispatcher allows for
+// SymInt arguments (it converts concrete SymInts on the call).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -18,22 +21,22 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(fastlangevin, m) {
   // counter: [n, 4] int64 holding 32-bit words -> [n, 4] int64 words of Philox4x32-10.
-  m.def("philox(Tensor counter, int seed) -> Tensor");
+  m.def("philox(Tensor counter, SymInt seed) -> Tensor");
   // out: any float tensor, filled with the normals of stream (seed, offset), element i <- xi_i.
-  m.def("randn_out(Tensor(a!) out, int seed, int offset) -> ()");
+  m.def("randn_out(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
   // out = clamp(x - a * (clip(grad) + x * inv_ref_var) + s * xi), x/grad/noise/out: [N, ...];
   // a = step_t[n] if given else step, s = std_t[n] if given else noise_std (per walker n);
   // xi = noise if given else the normals of stream (seed, offset).
   m.def(
       "langevin_step_out(Tensor x, Tensor grad, Tensor? noise, Tensor? step_t, Tensor? std_t, float step, "
-      "float noise_std, float inv_ref_var, float grad_clip, float clamp_lo, float clamp_hi, int seed, "
-      "int offset, Tensor(a!) out) -> ()");
+      "float noise_std, float inv_ref_var, float grad_clip, float clamp_lo, float clamp_hi, SymInt seed, "
+      "SymInt offset, Tensor(a!) out) -> ()");
   // out: float64 [n], filled with the resampling uniforms u_0 .. u_{n-1} of stream (seed, offset).
-  m.def("resample_uniforms_out(Tensor(a!) out, int seed, int offset) -> ()");
+  m.def("resample_uniforms_out(Tensor(a!) out, SymInt seed, SymInt offset) -> ()");
   // log_w: float32/float64 [N] -> int64 [N] ancestor indices (all -1 when log_w has a NaN or +inf
   // or is all -inf); scheme: multinomial, stratified, systematic or residual; uniforms: float64
   // [N] or the uniforms of stream (seed, offset).
-  m.def("resample(Tensor log_w, str scheme, Tensor? uniforms, int seed, int offset) -> Tensor");
+  m.def("resample(Tensor log_w, str scheme, Tensor? uniforms, SymInt seed, SymInt offset) -> Tensor");
   // The transition log-ratio of the Gaussian proposal q(x -> y) = N(y; x - a G(x), s^2 I), per walker n:
   //   G(v) = grad_v + v * inv_ref_var,   U*(v) = energy_v + inv_ref_var |v|^2 / 2,
   //   alpha(x, y) = U*(x) + (a / s^2) (y - x).G(x) + (a^2 / (2 s^2)) |G(x)|^2,
@@ -59,7 +62,7 @@ TORCH_LIBRARY(fastlangevin, m) {
   // [n_steps, N], log_w after each step (mode 1, optional); accepted: int64 [N].
   m.def(
       "mixture_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor means, Tensor inv_var, "
-      "Tensor log_coef, int n_steps, float step, float noise_std, int seed, int offset, int mode, "
+      "Tensor log_coef, int n_steps, float step, float noise_std, SymInt seed, SymInt offset, int mode, "
       "Tensor(d!)? log_w, Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
   // n_steps Langevin steps of the separable double well for every walker n, in one call (ULA,
   // weights or MALA exactly as mixture_chain, same noise and uniforms):
@@ -68,7 +71,7 @@ TORCH_LIBRARY(fastlangevin, m) {
   // chain_mode being its mode (named as in mlp_chain).
   m.def(
       "double_well_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor params, int n_steps, "
-      "float step, float noise_std, int seed, int offset, int chain_mode, Tensor(d!)? log_w, "
+      "float step, float noise_std, SymInt seed, SymInt offset, int chain_mode, Tensor(d!)? log_w, "
       "Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
   // n_steps Langevin steps of the MLP energy for every walker n, in one call (ULA, weights or
   // MALA exactly as mixture_chain, same noise and uniforms):
@@ -82,6 +85,6 @@ TORCH_LIBRARY(fastlangevin, m) {
   // uses it as is). Not named `mode`: opcheck's dispatch-mode wrappers take a `mode` argument.
   m.def(
       "mlp_chain(Tensor(a!) x, Tensor(b!) energy, Tensor(c!) grad, Tensor[] weights, Tensor[] biases, int act, "
-      "float inv_ref_var, int n_steps, float step, float noise_std, int seed, int offset, int chain_mode, "
+      "float inv_ref_var, int n_steps, float step, float noise_std, SymInt seed, SymInt offset, int chain_mode, "
       "Tensor(d!)? log_w, Tensor(e!)? log_w_steps, Tensor(f!) accepted) -> ()");
 }

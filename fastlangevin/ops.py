@@ -49,8 +49,12 @@ def resolve_stream(op: str, seed, offset, device, backend: str):
 
 
 def _as_i64(v: int) -> int:
-    """A 64-bit word as the int64 that the C++ schema carries (two's complement)."""
-    return v - (1 << 64) if v >= (1 << 63) else v
+    """A 64-bit word (0 <= v < 2**64) as the int64 that the C++ schema carries (two's complement).
+
+    Arithmetic, not a branch on v: under torch.compile v may be a SymInt, and `if v >= 2**63`
+    would guard on the branch taken, so that a compiled function recompiled the first time an
+    offset crossed 2**63 (v // 2**63 is 0 or 1 for a checked word)."""
+    return v - (v // (1 << 63)) * (1 << 64)
 
 
 def check_float_tensor(op: str, name: str, t) -> torch.Tensor:

@@ -9,10 +9,19 @@ its own fused kernels (ESS, the energy) to float64/float32 rounding.
 
 Compile time is the cost here (Inductor builds C++ with gcc): three compiled functions on tiny
 shapes, one of them through Inductor; the file took 20 s with a cold Inductor cache on the
-2-core box (load ~4), 13 s warm. Known limit, not tested: seed and offset are `int` in the C++
-schemas, so a compiled function is specialised on their values (a new offset recompiles);
-inside a compiled loop pass them as constants per call site, or compile the step without the
-RNG and use ``noise=``.
+2-core box (load ~4), 13 s warm.
+
+Seeds and offsets stay symbolic: they are `SymInt` in the C++ schemas (`int` in the Triton
+custom ops, which torch.library already keeps symbolic), and the Python wrappers check and
+convert them without branching on their values outside eager mode's error paths (see
+ops._as_i64), so a compiled function that takes seed and offset as Python int arguments is
+compiled once with the first values (static) and once more with symbolic seed and offset the
+first time they change (Dynamo's automatic dynamic), then runs every other (seed, offset),
+including offsets >= 2**63, without recompiling, bit for bit equal to eager mode
+(test_seed_offset_no_recompile). Automatic dynamic marks each argument on its own: a seed that
+first changes after the offset already went symbolic costs one more compile (or compile with
+dynamic=True). The Triton chain kernels (mixture_chain / double_well_chain with backend
+"triton") are plain Triton launches, not custom ops, and are not traced here.
 """
 import pytest
 import torch
@@ -122,3 +131,79 @@ def test_cpu_value_checks_still_run_eagerly(fn):
     else:
         with pytest.raises(ValueError, match="resample: uniforms must lie in"):
             fl.resample(torch.zeros(2), seed=0, uniforms=torch.tensor([0.5, 1.5], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# seed and offset as arguments of a compiled function: symbolic, no recompile per value
+# --------------------------------------------------------------------------------------------
+
+def _seed_offset_ops(be):
+    """name -> fn(seed, offset) calling one public op on backend `be` (fixed small inputs)."""
+    from fastlangevin.chain import double_well_chain, mixture_chain, mlp_chain
+
+    gen = torch.Generator().manual_seed(0)
+    x, g = torch.randn(8, 3, generator=gen), torch.randn(8, 3, generator=gen)
+    lw = torch.randn(8, dtype=torch.float64, generator=gen)
+    means, inv_var, log_coef = torch.randn(2, 3, generator=gen), torch.ones(2, 3), torch.zeros(2)
+    ws = [torch.randn(4, 3, generator=gen), torch.randn(1, 4, generator=gen)]
+    bs = [torch.randn(4, generator=gen), torch.randn(1, generator=gen)]
+    return {
+        "langevin_step": lambda s, o: fl.langevin_step(x, g, 0.01, 0.2, seed=s, offset=o, backend=be),
+        "randn": lambda s, o: fl.randn((8, 3), seed=s, offset=o, backend=be),
+        "resample": lambda s, o: fl.resample(lw, "multinomial", seed=s, offset=o, backend=be),
+        "uniforms": lambda s, o: rs.uniforms(8, seed=s, offset=o, backend=be),
+        "philox": lambda s, o: fl.philox(torch.full((2, 4), o % 1000, dtype=torch.int64), seed=s, backend=be),
+        "mixture_chain": lambda s, o: mixture_chain(x, means, inv_var, log_coef, 3, 0.01, seed=s, offset=o,
+                                                    mode="mh", backend=be),
+        "double_well_chain": lambda s, o: double_well_chain(x, 1.0, 1.0, 3, 0.01, seed=s, offset=o,
+                                                            mode="weights", backend=be),
+        "mlp_chain": lambda s, o: mlp_chain(x, ws, bs, "silu", 3, 0.01, seed=s, offset=o, mode="mh", backend=be),
+    }
+
+
+# 12 distinct offsets and 3 seeds (both change between the first two calls, so the second
+# compile makes both symbolic), then offsets across 2**63 (two's complement in the schema's
+# int64) and the last 64-bit word.
+_SEED_OFFSETS = [(1 + k % 3, 5 * k + 2) for k in range(12)] + \
+    [(2, (1 << 63) - 1), (3, 1 << 63), (1, (1 << 63) | 9), (2, (1 << 64) - 1), (3, 7)]
+
+
+def _compiles(fn, backend=None) -> int:
+    """fn(seed, offset) compiled (fullgraph) and called on _SEED_OFFSETS, each result equal to
+    eager mode bit for bit; returns how many graphs Dynamo compiled."""
+    torch._dynamo.reset()
+    n = {"graphs": 0}
+
+    def counting(gm, example_inputs):
+        n["graphs"] += 1
+        return gm.forward if backend is None else backend(gm, example_inputs)
+
+    cf = torch.compile(fn, fullgraph=True, backend=counting)
+    for seed, offset in _SEED_OFFSETS:
+        got, want = cf(seed, offset), fn(seed, offset)
+        got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+        for a, b in zip(got, want):
+            assert (a is None and b is None) or torch.equal(a, b), (seed, offset)
+    return n["graphs"]
+
+
+_CPU_OPS = ["langevin_step", "randn", "resample", "uniforms", "philox", "mixture_chain", "double_well_chain",
+            "mlp_chain"]
+
+
+@pytest.mark.parametrize("be,name", [("cpu", n) for n in _CPU_OPS] + [("reference", "langevin_step")] +
+                         [("triton", n) for n in ("langevin_step", "randn", "resample", "uniforms", "philox")])
+def test_seed_offset_no_recompile(be, name):
+    """Before the SymInt schemas, every new offset of a C++ op recompiled (fullgraph: a
+    FailOnRecompileLimitHit at the 9th)."""
+    require("cpu", be)
+    assert _compiles(_seed_offset_ops(be)[name]) <= 2
+
+
+def test_seed_offset_no_recompile_inductor():
+    """The same through Inductor (the graph's SymInt arithmetic of ops._as_i64 runs in its
+    Python wrapper, with Python ints: offsets >= 2**63 included)."""
+    require("cpu", "cpu")
+    from torch._inductor.compile_fx import compile_fx
+
+    assert _compiles(_seed_offset_ops("cpu")["langevin_step"], backend=compile_fx) <= 2
