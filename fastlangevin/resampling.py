@@ -15,8 +15,10 @@ that are NaN, +inf, or all -inf are reported with a ValueError for CPU tensors (
 torch.compile: a value check there would be a graph break), but on a GPU they
 give ancestors all equal to -1, so that ``x.index_select(0, a)`` and ``torch.gather`` fail
 loudly (a device-side assert). Plain ``x[a]`` would not: it wraps -1 to the last walker; check
-``(a < 0).any()`` where that matters. Explicit ``uniforms`` outside [0, 1) are likewise
-rejected for CPU tensors only.
+``(a < 0).any()`` where that matters. fastlangevin.Walkers does not let it get that far: it
+keeps the walkers in place where the ancestors are -1 and reports the NaN/+inf log-weight, with
+its step, at the next non-finite check (no device assert, which would end the CUDA context).
+Explicit ``uniforms`` outside [0, 1) are likewise rejected for CPU tensors only.
 """
 from __future__ import annotations
 

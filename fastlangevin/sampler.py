@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
+import math
+
 import torch
 
 from . import _backend
@@ -119,11 +121,17 @@ class _NonFiniteWatch:
 
     def __init__(self, op: str, device: torch.device, every: int, host: bool = True):
         self.op, self.every, self.host = op, every, host
+        self.what = "energy or gradient"  # what update() has looked at
         self.first = torch.full((), -1, dtype=torch.int64, device=device)
         self.count = torch.zeros((), dtype=torch.int64, device=device)
 
-    def update(self, step, u: torch.Tensor, g: torch.Tensor) -> None:
+    def update(self, step, u: torch.Tensor, g: torch.Tensor, log_w: Optional[torch.Tensor] = None) -> None:
+        """Note the walkers whose energy u [N] or gradient g [N, ...] is NaN/inf, or whose
+        log-weight log_w [N] (when given) is NaN or +inf (-inf is a legitimate zero weight)."""
         bad = ~torch.isfinite(u) | ~torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+        if log_w is not None:
+            bad = bad | torch.isnan(log_w) | (log_w == math.inf)
+            self.what = "energy, gradient or log-weight"
         n_bad = bad.sum()
         new = (self.first < 0) & (n_bad > 0)
         self.first = torch.where(new, step, self.first)
@@ -135,7 +143,7 @@ class _NonFiniteWatch:
         first = int(self.first)
         if first >= 0:
             raise NonFiniteError(
-                f"{self.op}: energy or gradient became non-finite at step {first} "
+                f"{self.op}: {self.what} became non-finite at step {first} "
                 f"for {int(self.count)} walker(s); lower the step size or check the energy"
             )
 

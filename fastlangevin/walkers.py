@@ -206,13 +206,14 @@ class Walkers:
                 noise=stream.normals(self.x, j) if stream is not None and noisy else None, backend=self.backend,
             )
             u_new, g_new = energy_and_grad(self.energy_fn, x_new, "Walkers.step")
-            self._watch.update(k if stream is None else stream.offset(j), u_new, g_new)
             if self.use_weights:
                 inc = _weights.jarzynski_increment(
                     self.x, self.grad, self.energy, x_new, g_new, u_new, self.step_size, self.noise_std,
                     ref_var=self.ref_var, backend=self.backend,
                 )
                 self.log_weights = self.log_weights + inc
+            self._watch.update(k if stream is None else stream.offset(j), u_new, g_new,
+                               self.log_weights if self.use_weights else None)
             self.x, self.grad, self.energy = x_new, g_new, u_new
             self.steps = k + 1
             if self.use_weights and self.scheme is not None:
@@ -334,7 +335,7 @@ class Walkers:
                 self.log_weights = res.log_w
             self.steps += done
             left -= done
-            self._watch.update(self.steps - 1, self.energy, self.grad)
+            self._watch.update(self.steps - 1, self.energy, self.grad, self.log_weights if self.use_weights else None)
             if trigger:
                 self._resample_if(torch.ones((), dtype=torch.bool, device=self.x.device), self.scheme,
                                   RESAMPLE_STREAM | (self.steps - 1))
@@ -369,7 +370,12 @@ class Walkers:
             return
         anc = _resample.resample(self.log_weights, scheme, seed=self.seed, offset=offset, uniforms=uniforms,
                                  backend=self.backend)
-        anc = torch.where(do, anc, self._identity)
+        # On a GPU resample() answers NaN or +inf log-weights (or all -inf) with ancestors -1
+        # instead of reading the values on the host (on CPU it raises). Those walkers keep their
+        # places: a -1 in the gather would be a device-side assert that kills the CUDA context.
+        # The non-finite watch sees the log-weights every step and names the step at its next
+        # host check.
+        anc = torch.where(do & (anc >= 0), anc, self._identity)
         self.gather(anc)
         lse = torch.logsumexp(self.log_weights, dim=0)
         self._log_z0 = torch.where(do, self._log_z0 + lse - math.log(self.n), self._log_z0)
@@ -379,8 +385,7 @@ class Walkers:
     def gather(self, ancestors: torch.Tensor) -> None:
         """Move walkers to their ancestors' states: x, grad, energy and every tensor in
         ``self.per_walker`` (the trainer's own per-walker state, e.g. labels or chain ages,
-        each [N, ...]) together. index_select fails loudly on the -1 ancestors that resampling
-        returns for NaN weights on a GPU."""
+        each [N, ...]) together. ancestors: int64 [N], each in [0, N)."""
         self.x = self.x.index_select(0, ancestors)
         self.grad = self.grad.index_select(0, ancestors)
         self.energy = self.energy.index_select(0, ancestors)

@@ -254,7 +254,7 @@ def test_non_finite_energy_names_the_step():
             return u
 
     w = Walkers(Blows(), torch.zeros(16, 2), 0.1, resample="systematic")
-    with pytest.raises(fl.NonFiniteError, match="Walkers: energy or gradient became non-finite at step 2 for 3 walker"):
+    with pytest.raises(fl.NonFiniteError, match="Walkers: energy, gradient or log-weight became non-finite at step 2 for 3 walker"):
         w.step(5)
 
 
@@ -286,3 +286,52 @@ def test_walkers_step_never_syncs_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert int(w.n_resampled) >= 1
+
+
+class _SlopeBlowup:
+    """U(x) = sum_j |x_j| (finite wherever x is), except that at call `at` walker 3 also gets a
+    1e200 x_0 term. Its energy and gradient stay finite throughout (float64), but the increments
+    overflow: at that step |grad_new|^2 = inf makes its log-weight -inf (a legitimate zero
+    weight), and at the next one |grad_old|^2 = inf adds +inf to it: NaN, with no non-finite
+    energy or gradient anywhere to report it."""
+
+    def __init__(self, at):
+        self.calls, self.at = 0, at
+
+    def __call__(self, x):
+        self.calls += 1
+        u = x.abs().sum(1)
+        if self.calls == self.at:
+            slope = torch.zeros(x.shape[0], dtype=torch.float64)
+            slope[3] = 1e200
+            u = u + slope * x[:, 0]
+        return u
+
+
+def test_non_finite_log_weight_names_the_step():
+    """A log-weight that turns NaN or +inf while energies and gradients stay finite (the
+    increment overflows) is reported with its step, not resampled onto."""
+    w = Walkers(_SlopeBlowup(4), torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+                0.1, resample="systematic")
+    with pytest.raises(fl.NonFiniteError,
+                       match="Walkers: energy, gradient or log-weight became non-finite at step 3 for 1 walker"):
+        w.step(5)
+
+
+def test_refused_resampling_keeps_walkers_in_place(monkeypatch):
+    """The GPU contract of resample() for NaN/+inf log-weights is ancestors all -1 (no host read).
+    Simulated here on CPU: a forced resample() gathers nothing (no index error / device assert),
+    the walkers and their cached state stay where they were, and the deferred watch names the
+    step where the log-weight went bad at the next check."""
+    from fastlangevin import walkers as wmod
+
+    x0 = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w = Walkers(_SlopeBlowup(4), x0, 0.1, resample=None, check_every=1000)
+    w.step(5)  # the log-weight of walker 3 went NaN at step 3; no host check yet
+    assert torch.isnan(w.log_weights[3]) and torch.isfinite(w.energy).all() and torch.isfinite(w.grad).all()
+    x, g, u = w.x.clone(), w.grad.clone(), w.energy.clone()
+    monkeypatch.setattr(wmod._resample, "resample", lambda log_w, *a, **k: torch.full_like(log_w, -1, dtype=torch.int64))
+    w.resample()
+    assert torch.equal(w.x, x) and torch.equal(w.grad, g) and torch.equal(w.energy, u)
+    with pytest.raises(fl.NonFiniteError, match="log-weight became non-finite at step 3 for 1 walker"):
+        w.check()
