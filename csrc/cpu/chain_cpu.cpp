@@ -20,8 +20,11 @@
 // noise is transposed 8 x 8 in registers as it is read. Measured on the 2-core EPYC (Zen 4)
 // box, single thread, Carbone GMM (N = 10^4, d = 50, K = 2), ms/step, old -> blocked:
 //   float32 ULA 1.50 -> 0.73, weights 1.9 -> 1.03, MALA 2.07 -> 1.24
-//   (normals alone ~0.43 of each); float64 ~9.6 -> 9.3 (its libm Box-Muller dominates; the
-//   softmax stays libm exp / log per walker).
+//   (normals alone ~0.43 of each); float64 ULA / weights / MALA ~9.7 / 10.1 / 10.4 -> ~9.4 /
+//   9.7 / 10.0, a few %, near the run-to-run noise of the shared box (its libm Box-Muller
+//   dominates; the softmax stays libm exp / log per walker, no double polynomial written).
+// Tried and dropped: tiles of 4096 / 6400 elements (same within noise); increment_term with the
+// zero reference term folded out (weights / MALA ~0.03 ms/step faster, noise-level).
 // The weights / MALA ratio (increment_term, float64) is summed per lane over j, a different
 // order from increment_sum's 8 partial sums: results agree to float64 rounding.
 #include <ATen/Dispatch.h>
