@@ -1,6 +1,7 @@
 // CPU kernels of the fused Gaussian-mixture and double-well chains (schemas and update equations
 // in csrc/fastlangevin.cpp, readable versions fastlangevin/reference.py::mixture_chain_ref and
-// double_well_chain_ref): one step loop (run_tile), templated on the energy.
+// double_well_chain_ref): one tiling and dispatch (run_chain), two step loops: the mixture's on a
+// blocked tile (run_tile_blocked), the double well's on rows (run_tile).
 //
 // Layout of the work: walkers are cut into tiles of rows (about kTileElems elements); each
 // OpenMP task copies a tile's state (x, grad, energy) into local buffers and runs all n_steps
@@ -9,6 +10,23 @@
 // (csrc/cpu/normals_cpu.h) into a buffer, for the tile's contiguous element range: element
 // n * d + j of step k is the same normal the step-by-step path adds. A Philox block that
 // straddles two tiles is computed by both (at most one extra block per tile per step).
+//
+// Why the mixture's tile is blocked ([d][16 walkers] per block of 16 float32 / 8 float64
+// walkers, transposed in on the way in and back on the way out): row by row, each walker paid
+// K row reductions over d (16-lane partial sums, a horizontal sum, a scalar d-tail), K libm
+// expf and one logf, so energy + gradient + update cost ~2.2 ns/element, twice the normals.
+// With one walker per SIMD lane every step is plain vertical arithmetic with broadcast means /
+// inv_var, the softmax's exp / log are exp_f32 / log_unit_f32 on vectors, and the row-major
+// noise is transposed 8 x 8 in registers as it is read. Measured on the 2-core EPYC (Zen 4)
+// box, single thread, Carbone GMM (N = 10^4, d = 50, K = 2), ms/step, old -> blocked:
+//   float32 ULA 1.50 -> 0.73, weights 1.9 -> 1.03, MALA 2.07 -> 1.24
+//   (normals alone ~0.43 of each); float64 ULA / weights / MALA ~9.7 / 10.1 / 10.4 -> ~9.4 /
+//   9.7 / 10.0, a few %, near the run-to-run noise of the shared box (its libm Box-Muller
+//   dominates; the softmax stays libm exp / log per walker, no double polynomial written).
+// Tried and dropped: tiles of 4096 / 6400 elements (same within noise); increment_term with the
+// zero reference term folded out (weights / MALA ~0.03 ms/step faster, noise-level).
+// The weights / MALA ratio (increment_term, float64) is summed per lane over j, a different
+// order from increment_sum's 8 partial sums: results agree to float64 rounding.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -30,7 +48,8 @@ namespace {
 
 // Elements per tile: the same 2048 as langevin_step's noise chunk (kChunk, measured there);
 // the five [rows, d] tile buffers (x, grad, y, grad_y, noise) take 40 KiB in float32, inside
-// L2. Not tuned for the chain separately yet.
+// L2. The mixture rounds rows up to whole blocks (d = 50: 48 rows); 4096 and 6400 (128 rows,
+// whole 64-block generator tiles) measured the same within noise for the blocked tile.
 constexpr int64_t kTileElems = 2048;
 
 // Independent partial sums for the row reductions: enough to hide the add latency (2 AVX2
@@ -46,61 +65,194 @@ struct ChainArgs : ChainRun<T> {
   int64_t d;
 };
 
-// sum_j (v_j - m_j)^2 iv_j with kLanes independent partial sums.
+// 32-byte vectors of GCC's vector extension (as in mlp_chain_cpu.cpp): the same operations in
+// the AVX2 and AVX-512 clones (bit-equal results), split into SSE halves in the generic one.
+// utype: the unaligned, aliasing view for loads and stores.
 template <typename T>
-FL_HD T quad_form(const T* __restrict__ v, const T* __restrict__ m, const T* __restrict__ iv, int64_t d) {
-  T part[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= d; j += kLanes) {
-    FL_UNROLL
-    for (int l = 0; l < kLanes; ++l) {
-      const T df = v[j + l] - m[j + l];
-      part[l] += df * df * iv[j + l];
-    }
-  }
-  T acc = 0;
-  for (; j < d; ++j) {
-    const T df = v[j] - m[j];
-    acc += df * df * iv[j];
-  }
-  FL_UNROLL
-  for (int l = 0; l < kLanes; ++l) acc += part[l];
-  return acc;
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  typedef T utype __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
+  static constexpr int W = 32 / static_cast<int>(sizeof(T));  // lanes: float 8, double 4
+};
+
+// The mixture chain's blocked tile: walkers in blocks of kBlock<T> = kBlockVecs vectors (float
+// 16, double 8); block b's state is [d][kBlock] (element (j, lane) at b * d * kBlock + j *
+// kBlock + lane), so every step's arithmetic runs across walkers, one walker per lane, with
+// means / inv_var broadcast, and no row reduction, horizontal sum or d-tail is left.
+constexpr int kBlockVecs = 2;
+template <typename T>
+constexpr int64_t kBlock = Vec<T>::W * kBlockVecs;
+
+template <typename T>
+FL_HD typename Vec<T>::type vload(const T* p) {
+  return *reinterpret_cast<const typename Vec<T>::utype*>(p);
+}
+template <typename T>
+FL_HD void vstore(T* p, typename Vec<T>::type v) {
+  *reinterpret_cast<typename Vec<T>::utype*>(p) = v;
 }
 
-// The Gaussian mixture: means, iv [K, d], coef [K]; scratch [K].
+// W x W transpose (W = Vec<T>::W): rows[i][c] -> cols[c][i], with the unpack / shuffle / lane
+// permute patterns of the classic AVX transposes (GCC matches them to vunpcklps, vshufps,
+// vperm2f128).
+FL_HD void transpose(Vec<float>::type (&a)[8]) {
+  typedef int32_t M __attribute__((vector_size(32)));
+  Vec<float>::type t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], M{0, 8, 1, 9, 4, 12, 5, 13});
+    t[2 * i + 1] = __builtin_shuffle(a[2 * i], a[2 * i + 1], M{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 4h..4h+3: t[4h..4h+3] -> u[4h + c] = columns c, c + 4 of them
+    u[4 * h + 0] = __builtin_shuffle(t[4 * h], t[4 * h + 2], M{0, 1, 8, 9, 4, 5, 12, 13});
+    u[4 * h + 1] = __builtin_shuffle(t[4 * h], t[4 * h + 2], M{2, 3, 10, 11, 6, 7, 14, 15});
+    u[4 * h + 2] = __builtin_shuffle(t[4 * h + 1], t[4 * h + 3], M{0, 1, 8, 9, 4, 5, 12, 13});
+    u[4 * h + 3] = __builtin_shuffle(t[4 * h + 1], t[4 * h + 3], M{2, 3, 10, 11, 6, 7, 14, 15});
+  }
+  for (int c = 0; c < 4; ++c) {
+    a[c] = __builtin_shuffle(u[c], u[4 + c], M{0, 1, 2, 3, 8, 9, 10, 11});
+    a[c + 4] = __builtin_shuffle(u[c], u[4 + c], M{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+FL_HD void transpose(Vec<double>::type (&a)[4]) {
+  typedef int64_t M __attribute__((vector_size(32)));
+  const Vec<double>::type t0 = __builtin_shuffle(a[0], a[1], M{0, 4, 2, 6});
+  const Vec<double>::type t1 = __builtin_shuffle(a[0], a[1], M{1, 5, 3, 7});
+  const Vec<double>::type t2 = __builtin_shuffle(a[2], a[3], M{0, 4, 2, 6});
+  const Vec<double>::type t3 = __builtin_shuffle(a[2], a[3], M{1, 5, 3, 7});
+  a[0] = __builtin_shuffle(t0, t2, M{0, 1, 4, 5});
+  a[1] = __builtin_shuffle(t1, t3, M{0, 1, 4, 5});
+  a[2] = __builtin_shuffle(t0, t2, M{2, 3, 6, 7});
+  a[3] = __builtin_shuffle(t1, t3, M{2, 3, 6, 7});
+}
+
+// e^x and log x on float32 vectors: exp_f32 (csrc/cpu/mlp_chain_cpu.cpp) and log_unit_f32
+// (csrc/normal.h) operation for operation. Used on the softmax only: x = q_k - max q <= 0 (below
+// -87.3, where exp_f32 saturates at 2^-126, the caller selects 0 so a -inf log_coef gives an
+// exact 0 weight) and the normaliser sum in [1, K] (log_unit_f32's reduction is valid for every
+// normal float).
+FL_HD Vec<float>::type exp_vf32(Vec<float>::type x) {
+  typedef int32_t I __attribute__((vector_size(32)));
+  const Vec<float>::type n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const Vec<float>::type r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  Vec<float>::type p = 1.9875691500e-4f + Vec<float>::type{};
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const Vec<float>::type y = p * r * r + r + 1.0f;
+  I ni = __builtin_convertvector(n, I);
+  ni = ni < -126 ? -126 : ni;
+  ni = ni > 127 ? 127 : ni;
+  return y * reinterpret_cast<Vec<float>::type>((ni + 127) << 23);
+}
+FL_HD Vec<float>::type log_vf32(Vec<float>::type u) {
+  typedef uint32_t U __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  const U b = reinterpret_cast<U>(u) + (0x3f800000u - 0x3f3504f3u);
+  const I e = reinterpret_cast<I>(b >> 23) - 127;
+  const Vec<float>::type m = reinterpret_cast<Vec<float>::type>((b & 0x007fffffu) + 0x3f3504f3u);
+  const Vec<float>::type x = m - 1.0f;
+  const Vec<float>::type z = x * x;
+  Vec<float>::type p = 7.0376836292e-2f + Vec<float>::type{};
+  p = p * x - 1.1514610310e-1f;
+  p = p * x + 1.1676998740e-1f;
+  p = p * x - 1.2420140846e-1f;
+  p = p * x + 1.4249322787e-1f;
+  p = p * x - 1.6668057665e-1f;
+  p = p * x + 2.0000714765e-1f;
+  p = p * x - 2.4999993993e-1f;
+  p = p * x + 3.3333331174e-1f;
+  const Vec<float>::type fe = __builtin_convertvector(e, Vec<float>::type);
+  Vec<float>::type y = p * x * z;
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return (x + y) + 0.693359375f * fe;
+}
+
+// The Gaussian mixture: means, iv [K, d], coef [K].
 template <typename T>
 struct MixtureEnergy {
   const T* means;
   const T* iv;
   const T* coef;
   int64_t K, d;
-  int64_t scratch() const { return K; }
+  int64_t scratch() const { return K * kBlock<T>; }
 
-  // U(v), and grad U(v) into g[d]; q: scratch [K].
-  FL_HD T eval(const T* __restrict__ v, T* __restrict__ q, T* __restrict__ g) const {
-    T qmax = -std::numeric_limits<T>::infinity();
-    for (int64_t k = 0; k < K; ++k) {
-      q[k] = coef[k] - T(0.5) * quad_form(v, means + k * d, iv + k * d, d);
-      qmax = q[k] > qmax ? q[k] : qmax;
-    }
-    T sum = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      q[k] = std::exp(q[k] - qmax);
-      sum += q[k];
-    }
-    const T inv = T(1) / sum;
-    for (int64_t k = 0; k < K; ++k) {
-      const T r = q[k] * inv;
-      const T* m = means + k * d;
-      const T* ivk = iv + k * d;
-      if (k == 0) {
-        for (int64_t j = 0; j < d; ++j) g[j] = r * ((v[j] - m[j]) * ivk[j]);
-      } else {
-        for (int64_t j = 0; j < d; ++j) g[j] += r * ((v[j] - m[j]) * ivk[j]);
+  // One block of kBlock<T> walkers: v, g [d][kBlock] -> g = grad U(v), u[kBlock] = U(v); q:
+  // scratch [K][kBlock] (the log-terms q_k, then the responsibilities r_k).
+  FL_HD void eval_block(const T* v, T* __restrict__ g, T* __restrict__ u, T* __restrict__ q) const {
+    using V = typename Vec<T>::type;
+    constexpr int W = Vec<T>::W, NV = kBlockVecs;
+    constexpr int64_t L = kBlock<T>;
+    // q_k = coef_k - 1/2 sum_j (v_j - m_kj)^2 iv_kj, two components per pass over v.
+    for (int64_t k = 0; k < K; k += 2) {
+      const bool two = k + 1 < K;
+      const T* m0 = means + k * d;
+      const T* i0 = iv + k * d;
+      const T* m1 = two ? m0 + d : m0;
+      const T* i1 = two ? i0 + d : i0;
+      V a0[NV] = {}, a1[NV] = {};
+      for (int64_t j = 0; j < d; ++j) {
+        FL_UNROLL
+        for (int n = 0; n < NV; ++n) {
+          const V x = vload(v + j * L + n * W);
+          const V d0 = x - m0[j], d1 = x - m1[j];
+          a0[n] += d0 * d0 * i0[j];
+          a1[n] += d1 * d1 * i1[j];
+        }
+      }
+      FL_UNROLL
+      for (int n = 0; n < NV; ++n) {
+        vstore(q + k * L + n * W, coef[k] - T(0.5) * a0[n]);
+        if (two) vstore(q + (k + 1) * L + n * W, coef[k + 1] - T(0.5) * a1[n]);
       }
     }
-    return -(qmax + std::log(sum));
+    // softmax over k, lane by lane: r_k = e^(q_k - max q) / sum, U = -(max q + log sum)
+    if constexpr (std::is_same_v<T, float>) {
+      FL_UNROLL
+      for (int n = 0; n < NV; ++n) {
+        V qmax = -std::numeric_limits<T>::infinity() + V{};
+        for (int64_t k = 0; k < K; ++k) {
+          const V qk = vload(q + k * L + n * W);
+          qmax = qk > qmax ? qk : qmax;
+        }
+        V sum = {};
+        for (int64_t k = 0; k < K; ++k) {
+          const V t = vload(q + k * L + n * W) - qmax;
+          V e = exp_vf32(t);
+          e = t < -87.33654f ? V{} : e;  // e^t below float32's normal range (and -inf) -> 0
+          vstore(q + k * L + n * W, e);
+          sum += e;
+        }
+        const V inv = 1.0f / sum;
+        for (int64_t k = 0; k < K; ++k) vstore(q + k * L + n * W, vload(q + k * L + n * W) * inv);
+        vstore(u + n * W, -(qmax + log_vf32(sum)));
+      }
+    } else {  // float64: libm per walker, as before
+      for (int64_t l = 0; l < L; ++l) {
+        T qmax = -std::numeric_limits<T>::infinity();
+        for (int64_t k = 0; k < K; ++k) qmax = q[k * L + l] > qmax ? q[k * L + l] : qmax;
+        T sum = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          q[k * L + l] = std::exp(q[k * L + l] - qmax);
+          sum += q[k * L + l];
+        }
+        const T inv = T(1) / sum;
+        for (int64_t k = 0; k < K; ++k) q[k * L + l] *= inv;
+        u[l] = -(qmax + std::log(sum));
+      }
+    }
+    // g_j = sum_k r_k (v_j - m_kj) iv_kj
+    for (int64_t j = 0; j < d; ++j) {
+      FL_UNROLL
+      for (int n = 0; n < NV; ++n) {
+        const V x = vload(v + j * L + n * W);
+        V acc = vload(q + n * W) * ((x - means[j]) * iv[j]);
+        for (int64_t k = 1; k < K; ++k) acc += vload(q + k * L + n * W) * ((x - means[k * d + j]) * iv[k * d + j]);
+        vstore(g + j * L + n * W, acc);
+      }
+    }
   }
 };
 
@@ -139,9 +291,9 @@ struct DoubleWellEnergy {
 
 template <typename T>
 struct TileBuffers {
-  std::vector<T> x, g, y, gy, noise, q, u;
-  TileBuffers(int64_t rows, int64_t d, int64_t K)
-      : x(rows * d), g(rows * d), y(rows * d), gy(rows * d), noise(rows * d + 8), q(K), u(rows) {}
+  std::vector<T> x, g, y, gy, noise, q, u, uy;
+  TileBuffers(int64_t rows, int64_t d, int64_t scratch)
+      : x(rows * d), g(rows * d), y(rows * d), gy(rows * d), noise(rows * d + 8), q(scratch), u(rows), uy(rows) {}
 };
 
 // All n_steps for walkers [r0, r1): state in (xs, gs, us) of the buffers.
@@ -192,9 +344,124 @@ FL_HD void run_tile(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffer
   }
 }
 
+// y = (x - a g) + s xi for one block of the blocked tile (langevin_step's order), xi read from
+// the row-major noise of its rows (nz: the first row's) W x W at a time and transposed in
+// registers; out may be x itself (ULA).
+template <typename T>
+FL_HD void propose_block(const T* x, const T* g, T* out, const T* __restrict__ nz, int64_t d, T a, T s) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W, NV = kBlockVecs;
+  constexpr int64_t L = kBlock<T>;
+  FL_UNROLL
+  for (int n = 0; n < NV; ++n) {
+    const T* p = nz + n * W * d;
+    int64_t j = 0;
+    for (; j + W <= d; j += W) {
+      V col[W];
+      FL_UNROLL
+      for (int i = 0; i < W; ++i) col[i] = vload(p + i * d + j);
+      transpose(col);
+      FL_UNROLL
+      for (int i = 0; i < W; ++i) {
+        const int64_t o = (j + i) * L + n * W;
+        vstore(out + o, (vload(x + o) - a * vload(g + o)) + s * col[i]);
+      }
+    }
+    for (; j < d; ++j) {
+      V xi;
+      FL_UNROLL
+      for (int i = 0; i < W; ++i) xi[i] = p[i * d + j];
+      const int64_t o = j * L + n * W;
+      vstore(out + o, (vload(x + o) - a * vload(g + o)) + s * xi);
+    }
+  }
+}
+
+// The mixture's step loop on the blocked tile (rows [r0, r1) padded to whole blocks; the padding
+// lanes compute on finite junk and are never written back, weighed or accepted).
+template <typename T>
+FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::W, NV = kBlockVecs;
+  constexpr int64_t L = kBlock<T>;
+  const int64_t d = c.d;
+  const int64_t nblk = (r1 - r0 + L - 1) / L;
+  const uint64_t e0 = (static_cast<uint64_t>(r0) * d) & ~uint64_t(3);  // first element of the first Philox block
+  const uint64_t e1 = static_cast<uint64_t>(r1) * d;
+  const int64_t nblocks = static_cast<int64_t>((e1 - e0 + 3) / 4);
+  T* __restrict__ q = b.q.data();
+  const T a = c.a, s = c.s;
+  for (int64_t k = 0; k < c.n_steps; ++k) {
+    const uint64_t off = c.offset + static_cast<uint64_t>(k);  // wraps mod 2^64 like sample()'s offsets
+    if constexpr (std::is_same_v<T, float>) {
+      fill_normals_f32(c.seed, off, e0 / 4, nblocks, b.noise.data());
+    } else {
+      fill_normals_f64(c.seed, off, e0 / 4, nblocks, b.noise.data());
+    }
+    const uint64_t mh_off = mh_offset(off);
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t rb = r0 + blk * L;  // the block's first walker
+      T* x = b.x.data() + blk * d * L;
+      T* g = b.g.data() + blk * d * L;
+      T* u = b.u.data() + blk * L;
+      const T* nz = b.noise.data() + (static_cast<uint64_t>(rb) * d - e0);
+      if (c.mode == kUla) {
+        propose_block(x, g, x, nz, d, a, s);
+        c.e.eval_block(x, g, u, q);
+        continue;
+      }
+      T* y = b.y.data() + blk * d * L;
+      T* gy = b.gy.data() + blk * d * L;
+      T* uy = b.uy.data() + blk * L;
+      propose_block(x, g, y, nz, d, a, s);
+      c.e.eval_block(y, gy, uy, q);
+      double inc[L] = {};
+      for (int64_t j = 0; j < d; ++j) {
+        FL_UNROLL
+        for (int64_t l = 0; l < L; ++l)
+          inc[l] += increment_term(static_cast<double>(x[j * L + l]), static_cast<double>(y[j * L + l]),
+                                   static_cast<double>(g[j * L + l]), static_cast<double>(gy[j * L + l]), c.rc);
+      }
+      T take[L];  // 1 where walker rb + l takes its proposal (never a padding lane), else 0
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t r = rb + l;
+        take[l] = r < r1 && c.weigh_or_accept(k, r, (static_cast<double>(u[l]) - static_cast<double>(uy[l])) + inc[l],
+                                               mh_off);
+        u[l] = take[l] != T(0) ? uy[l] : u[l];
+      }
+      if (c.mode == kWeights) {  // every walker moves (the padding lanes too: their state is junk anyway)
+        std::copy(y, y + d * L, x);
+        std::copy(gy, gy + d * L, g);
+        continue;
+      }
+      V tk[NV];
+      FL_UNROLL
+      for (int n = 0; n < NV; ++n) tk[n] = vload(take + n * W);
+      for (int64_t j = 0; j < d; ++j) {
+        FL_UNROLL
+        for (int n = 0; n < NV; ++n) {
+          const int64_t o = j * L + n * W;
+          vstore(x + o, tk[n] != T(0) ? vload(y + o) : vload(x + o));
+          vstore(g + o, tk[n] != T(0) ? vload(gy + o) : vload(g + o));
+        }
+      }
+    }
+  }
+}
+
+// The mixture on its blocked tile, the double well on rows.
+template <typename T, typename E>
+FL_HD void run_tile_any(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
+  if constexpr (std::is_same_v<E, MixtureEnergy<T>>) {
+    run_tile_blocked(c, r0, r1, b);
+  } else {
+    run_tile(c, r0, r1, b);
+  }
+}
+
 template <typename T, typename E>
 void run_tile_generic(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
-  run_tile(c, r0, r1, b);
+  run_tile_any(c, r0, r1, b);
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -203,27 +470,43 @@ void run_tile_generic(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuff
 template <typename T, typename E>
 __attribute__((target("avx2,fma"))) void run_tile_avx2(const ChainArgs<T, E>& c, int64_t r0, int64_t r1,
                                                        TileBuffers<T>& b) {
-  run_tile(c, r0, r1, b);
+  run_tile_any(c, r0, r1, b);
 }
 
 template <typename T, typename E>
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) void run_tile_avx512(const ChainArgs<T, E>& c, int64_t r0,
                                                                         int64_t r1, TileBuffers<T>& b) {
-  run_tile(c, r0, r1, b);
+  run_tile_any(c, r0, r1, b);
 }
 #endif
 
 template <typename T, typename E>
 void run_chain(const ChainArgs<T, E>& c, T* xp, T* gp, T* up) {
+  constexpr bool blocked = std::is_same_v<E, MixtureEnergy<T>>;
+  constexpr int64_t L = kBlock<T>;
   const int64_t d = c.d;
-  const int64_t rows = std::max<int64_t>(1, kTileElems / d);
+  int64_t rows = std::max<int64_t>(1, kTileElems / d);
+  if (blocked) rows = (rows + L - 1) / L * L;
   const int64_t n_tiles = (c.N + rows - 1) / rows;
   at::parallel_for(0, n_tiles, 1, [&](int64_t tb, int64_t te) {
     TileBuffers<T> b(rows, d, c.e.scratch());
     for (int64_t t = tb; t < te; ++t) {
       const int64_t r0 = t * rows, r1 = std::min(c.N, r0 + rows);
-      std::copy(xp + r0 * d, xp + r1 * d, b.x.data());
-      std::copy(gp + r0 * d, gp + r1 * d, b.g.data());
+      if (blocked) {  // row r0 + blk L + l, coordinate j -> b.x[blk d L + j L + l]; padding lanes 0
+        std::fill(b.x.begin(), b.x.end(), T(0));
+        std::fill(b.g.begin(), b.g.end(), T(0));
+        std::fill(b.u.begin(), b.u.end(), T(0));
+        for (int64_t lr = 0; lr < r1 - r0; ++lr) {
+          const int64_t o = (lr / L) * d * L + lr % L;
+          for (int64_t j = 0; j < d; ++j) {
+            b.x[o + j * L] = xp[(r0 + lr) * d + j];
+            b.g[o + j * L] = gp[(r0 + lr) * d + j];
+          }
+        }
+      } else {
+        std::copy(xp + r0 * d, xp + r1 * d, b.x.data());
+        std::copy(gp + r0 * d, gp + r1 * d, b.g.data());
+      }
       std::copy(up + r0, up + r1, b.u.data());
 #if defined(__x86_64__) || defined(_M_X64)
       if (cpu_has(CpuIsa::kAvx512)) {
@@ -236,8 +519,18 @@ void run_chain(const ChainArgs<T, E>& c, T* xp, T* gp, T* up) {
 #else
       run_tile_generic(c, r0, r1, b);
 #endif
-      std::copy(b.x.data(), b.x.data() + (r1 - r0) * d, xp + r0 * d);
-      std::copy(b.g.data(), b.g.data() + (r1 - r0) * d, gp + r0 * d);
+      if (blocked) {
+        for (int64_t lr = 0; lr < r1 - r0; ++lr) {
+          const int64_t o = (lr / L) * d * L + lr % L;
+          for (int64_t j = 0; j < d; ++j) {
+            xp[(r0 + lr) * d + j] = b.x[o + j * L];
+            gp[(r0 + lr) * d + j] = b.g[o + j * L];
+          }
+        }
+      } else {
+        std::copy(b.x.data(), b.x.data() + (r1 - r0) * d, xp + r0 * d);
+        std::copy(b.g.data(), b.g.data() + (r1 - r0) * d, gp + r0 * d);
+      }
       std::copy(b.u.data(), b.u.data() + (r1 - r0), up + r0);
     }
   });
