@@ -12,7 +12,7 @@ h = 0.1, noise sqrt(2h)), 1000 ULA steps, float32, side by side in one process:
 * ``sample``    fastlangevin.sample() step by step: closed-form grads
                 (GaussianMixture.energy_and_grad) and one fused langevin_step per step.
 * ``chain``     fastlangevin.sample() on the GaussianMixture itself: the whole chain in one
-                fastlangevin.chain.mixture_chain call (cpu backend).
+                fastlangevin.chain.mixture_chain call (the device's backend).
 * ``chain-mala`` the same with mh=True (MALA inside the chain).
 
 Every method runs the full chain per call; vs_eager = eager time / method time.
@@ -140,9 +140,6 @@ def run(
     round-robin (bench_langevin._measure_interleaved)."""
     dev = torch.device(device)
     not_run: dict[str, str] = {}
-    if dev.type != "cpu":
-        # The chain has a CPU kernel only so far; on a GPU device sample() runs step by step.
-        not_run["chain"] = not_run["chain-mala"] = "no GPU chain kernel yet (CPU only)"
     env = common.env_info(dev)
     sizes = [tuple(int(v) for v in s) for s in (sizes or (QUICK_SIZES if quick else SIZES))]
     settings = QUICK if quick else FULL
@@ -164,14 +161,15 @@ def run(
                                                               seed=next(seeds)), settings,
                        note="closed-form grad + fused step, per step"),
         ]
-        if dev.type == "cpu":
-            cands += [
-                _Candidate("chain", lambda: fastlangevin.sample(gmm, x0, steps, STEP_SIZE, seed=next(seeds)), settings,
-                           note="one mixture_chain call"),
-                _Candidate("chain-mala", lambda: fastlangevin.sample(gmm, x0, steps, STEP_SIZE, seed=next(seeds),
-                                                                      mh=True), settings,
-                           note="one mixture_chain call, MALA"),
-            ]
+        # sample() routes the GaussianMixture to the fused chain of the device's backend (cpu:
+        # C++; cuda: csrc/cuda/chain_cuda.cu for d <= 512, else Triton)
+        cands += [
+            _Candidate("chain", lambda: fastlangevin.sample(gmm, x0, steps, STEP_SIZE, seed=next(seeds)), settings,
+                       note="one mixture_chain call"),
+            _Candidate("chain-mala", lambda: fastlangevin.sample(gmm, x0, steps, STEP_SIZE, seed=next(seeds),
+                                                                  mh=True), settings,
+                       note="one mixture_chain call, MALA"),
+        ]
         rows += measure_rows(cands, size, dev, verbose)
     return {
         "name": NAME + ("-quick" if quick else ""),
