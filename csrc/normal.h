@@ -19,36 +19,23 @@
 
 namespace fastlangevin {
 
-FL_HD uint32_t f32_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t b;
-  std::memcpy(&b, &f, sizeof b);  // compiles to a register move; vectorises
-  return b;
-#endif
-}
-FL_HD float f32_from_bits(uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(b);
-#else
-  float f;
-  std::memcpy(&f, &b, sizeof f);
-  return f;
-#endif
+// The bits of a float or double as the unsigned integer of its size, and back (memcpy: a
+// register move on host and device, and GCC vectorises around it).
+template <typename To, typename From>
+FL_HD To bits_as(From f) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
+  To t;
+  std::memcpy(&t, &f, sizeof t);
+  return t;
 }
 
-// Natural log for normal floats u in (0, 1] (Box-Muller's radius uniform).
-FL_HD float log_unit_f32(float u) {
-  // u = m 2^e with m in [sqrt(1/2), sqrt(2)), found with integer arithmetic only (shifting the
-  // exponent boundary to sqrt(1/2) by adding 1 - sqrt(1/2) to the bits): a select here would be
-  // "control flow" to GCC's vectoriser.
-  const uint32_t b = f32_bits(u) + (0x3f800000u - 0x3f3504f3u);
-  const int32_t e = static_cast<int32_t>(b >> 23) - 127;
-  const float m = f32_from_bits((b & 0x007fffffu) + 0x3f3504f3u);
-  const float x = m - 1.0f;                                        // [sqrt(.5) - 1, sqrt(2) - 1)
-  const float z = x * x;
-  float p = 7.0376836292e-2f;
+// log(m 2^e) from x = m - 1, m in [sqrt(1/2), sqrt(2)), and fe = e: the polynomial part of
+// log_unit_f32 below, on a float or on a GCC vector of floats (csrc/cpu/chain_cpu.cpp's
+// softmax evaluates it across walkers; F{} + c is c exactly, in either case).
+template <typename F>
+FL_HD F log_parts_f32(F x, F fe) {
+  const F z = x * x;
+  F p = F{} + 7.0376836292e-2f;
   p = p * x - 1.1514610310e-1f;
   p = p * x + 1.1676998740e-1f;
   p = p * x - 1.2420140846e-1f;
@@ -57,11 +44,21 @@ FL_HD float log_unit_f32(float u) {
   p = p * x + 2.0000714765e-1f;
   p = p * x - 2.4999993993e-1f;
   p = p * x + 3.3333331174e-1f;
-  const float fe = static_cast<float>(e);
-  float y = p * x * z;
+  F y = p * x * z;
   y += -2.12194440e-4f * fe;      // ln 2 split in two: 0.693359375 (exact) - 2.12194440e-4
   y += -0.5f * z;
   return (x + y) + 0.693359375f * fe;
+}
+
+// Natural log for normal floats u in (0, 1] (Box-Muller's radius uniform).
+FL_HD float log_unit_f32(float u) {
+  // u = m 2^e with m in [sqrt(1/2), sqrt(2)), found with integer arithmetic only (shifting the
+  // exponent boundary to sqrt(1/2) by adding 1 - sqrt(1/2) to the bits): a select here would be
+  // "control flow" to GCC's vectoriser.
+  const uint32_t b = bits_as<uint32_t>(u) + (0x3f800000u - 0x3f3504f3u);
+  const int32_t e = static_cast<int32_t>(b >> 23) - 127;
+  const float m = bits_as<float>((b & 0x007fffffu) + 0x3f3504f3u);
+  return log_parts_f32(m - 1.0f, static_cast<float>(e));
 }
 
 // sin(2 pi t), cos(2 pi t) for t in [0, 1).
@@ -94,25 +91,6 @@ FL_HD void normals4_f32(const Words4& w, float z[4]) {
   }
 }
 
-FL_HD uint64_t f64_bits(double f) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<uint64_t>(__double_as_longlong(f));
-#else
-  uint64_t b;
-  std::memcpy(&b, &f, sizeof b);
-  return b;
-#endif
-}
-FL_HD double f64_from_bits(uint64_t b) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double(static_cast<long long>(b));
-#else
-  double f;
-  std::memcpy(&f, &b, sizeof f);
-  return f;
-#endif
-}
-
 // Natural log for normal doubles u in (0, 1], the float64 twin of log_unit_f32: the same
 // select-free split u = m 2^e, m in [sqrt(1/2), sqrt(2)), and Cephes' rational approximation
 // log(1 + x) = x - x^2/2 + x^3 P(x)/Q(x) (Moshier's log.c, peak error 1.4e-16 relative on
@@ -121,9 +99,9 @@ FL_HD double f64_from_bits(uint64_t b) {
 // double over all 2^24 radius uniforms: 0.86 ulp (glibc's log: 0.52).
 FL_HD double log_unit_f64(double u) {
   constexpr uint64_t kSqrtHalf = 0x3fe6a09e667f3bcdull;  // sqrt(1/2)
-  const uint64_t b = f64_bits(u) + (0x3ff0000000000000ull - kSqrtHalf);
-  const double fe = f64_from_bits((b >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
-  const double m = f64_from_bits((b & 0x000fffffffffffffull) + kSqrtHalf);
+  const uint64_t b = bits_as<uint64_t>(u) + (0x3ff0000000000000ull - kSqrtHalf);
+  const double fe = bits_as<double>((b >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
+  const double m = bits_as<double>((b & 0x000fffffffffffffull) + kSqrtHalf);
   const double x = m - 1.0;
   const double z = x * x;
   double p = 1.01875663804580931796e-4;
@@ -152,7 +130,7 @@ FL_HD double log_unit_f64(double u) {
 FL_HD void sincos_2pi_f64(double t, double& s_out, double& c_out) {
   constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
   const double big = t * 4.0 + kRound;
-  const uint64_t n = f64_bits(big);                // low bits: the nearest quarter turn, 0..4
+  const uint64_t n = bits_as<uint64_t>(big);                // low bits: the nearest quarter turn, 0..4
   const double r = t - (big - kRound) * 0.25;      // exact, |r| <= 1/8
   const double a = r * 6.283185307179586476925;    // |a| <= pi/4
   const double z = a * a;

@@ -39,6 +39,7 @@
 
 #include "../chain_run.h"
 #include "../log_ratio.h"
+#include "../normal.h"
 #include "../philox.h"
 #include "isa_cpu.h"
 #include "normals_cpu.h"
@@ -152,22 +153,7 @@ FL_HD Vec<float>::type log_vf32(Vec<float>::type u) {
   const U b = reinterpret_cast<U>(u) + (0x3f800000u - 0x3f3504f3u);
   const I e = reinterpret_cast<I>(b >> 23) - 127;
   const Vec<float>::type m = reinterpret_cast<Vec<float>::type>((b & 0x007fffffu) + 0x3f3504f3u);
-  const Vec<float>::type x = m - 1.0f;
-  const Vec<float>::type z = x * x;
-  Vec<float>::type p = 7.0376836292e-2f + Vec<float>::type{};
-  p = p * x - 1.1514610310e-1f;
-  p = p * x + 1.1676998740e-1f;
-  p = p * x - 1.2420140846e-1f;
-  p = p * x + 1.4249322787e-1f;
-  p = p * x - 1.6668057665e-1f;
-  p = p * x + 2.0000714765e-1f;
-  p = p * x - 2.4999993993e-1f;
-  p = p * x + 3.3333331174e-1f;
-  const Vec<float>::type fe = __builtin_convertvector(e, Vec<float>::type);
-  Vec<float>::type y = p * x * z;
-  y += -2.12194440e-4f * fe;
-  y += -0.5f * z;
-  return (x + y) + 0.693359375f * fe;
+  return log_parts_f32(m - 1.0f, __builtin_convertvector(e, Vec<float>::type));
 }
 
 // The Gaussian mixture: means, iv [K, d], coef [K].
@@ -300,9 +286,8 @@ struct TileBuffers {
 template <typename T, typename E>
 FL_HD void run_tile(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
   const int64_t d = c.d;
-  const uint64_t e0 = (static_cast<uint64_t>(r0) * d) & ~uint64_t(3);  // first element of the first Philox block
-  const uint64_t e1 = static_cast<uint64_t>(r1) * d;
-  const int64_t nblocks = static_cast<int64_t>((e1 - e0 + 3) / 4);
+  const RowsNoise noise(r0, r1, d);
+  const uint64_t e0 = noise.e0;
   T* __restrict__ xs = b.x.data();
   T* __restrict__ gs = b.g.data();
   T* __restrict__ ys = b.y.data();
@@ -312,11 +297,7 @@ FL_HD void run_tile(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffer
   const T a = c.a, s = c.s;
   for (int64_t k = 0; k < c.n_steps; ++k) {
     const uint64_t off = c.offset + static_cast<uint64_t>(k);  // wraps mod 2^64 like sample()'s offsets
-    if constexpr (std::is_same_v<T, float>) {
-      fill_normals_f32(c.seed, off, e0 / 4, nblocks, b.noise.data());
-    } else {
-      fill_normals_f64(c.seed, off, e0 / 4, nblocks, b.noise.data());
-    }
+    noise.fill(c.seed, off, b.noise.data());
     const uint64_t mh_off = mh_offset(off);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t lr = r - r0;
@@ -386,18 +367,13 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
   constexpr int64_t L = kBlock<T>;
   const int64_t d = c.d;
   const int64_t nblk = (r1 - r0 + L - 1) / L;
-  const uint64_t e0 = (static_cast<uint64_t>(r0) * d) & ~uint64_t(3);  // first element of the first Philox block
-  const uint64_t e1 = static_cast<uint64_t>(r1) * d;
-  const int64_t nblocks = static_cast<int64_t>((e1 - e0 + 3) / 4);
+  const RowsNoise noise(r0, r1, d);
+  const uint64_t e0 = noise.e0;
   T* __restrict__ q = b.q.data();
   const T a = c.a, s = c.s;
   for (int64_t k = 0; k < c.n_steps; ++k) {
     const uint64_t off = c.offset + static_cast<uint64_t>(k);  // wraps mod 2^64 like sample()'s offsets
-    if constexpr (std::is_same_v<T, float>) {
-      fill_normals_f32(c.seed, off, e0 / 4, nblocks, b.noise.data());
-    } else {
-      fill_normals_f64(c.seed, off, e0 / 4, nblocks, b.noise.data());
-    }
+    noise.fill(c.seed, off, b.noise.data());
     const uint64_t mh_off = mh_offset(off);
     for (int64_t blk = 0; blk < nblk; ++blk) {
       const int64_t rb = r0 + blk * L;  // the block's first walker

@@ -73,7 +73,7 @@ FL_HD float exp_f32(float x) {
   int32_t ni = static_cast<int32_t>(n);
   ni = ni < -126 ? -126 : ni;
   ni = ni > 127 ? 127 : ni;
-  return y * f32_from_bits(static_cast<uint32_t>(ni + 127) << 23);
+  return y * bits_as<float>(static_cast<uint32_t>(ni + 127) << 23);
 }
 
 // (act(z), act'(z)); float32 through exp_f32 / log_unit_f32 and select-free arithmetic
@@ -308,9 +308,8 @@ FL_HD void mlp_eval(const MlpArgs<T>& c, int64_t R, const T* __restrict__ v, T* 
 template <typename T, int64_t ACT>
 FL_HD void run_tile(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, TileBuffers<T>& b) {
   const int64_t d = c.d, dP = c.dP, nr = r1 - r0;
-  const uint64_t e0 = (static_cast<uint64_t>(r0) * d) & ~uint64_t(3);  // first element of the first Philox block
-  const uint64_t e1 = static_cast<uint64_t>(r1) * d;
-  const int64_t nblocks = static_cast<int64_t>((e1 - e0 + 3) / 4);
+  const RowsNoise noise(r0, r1, d);
+  const uint64_t e0 = noise.e0;
   T* __restrict__ xs = b.x.data();
   T* __restrict__ gs = b.g.data();
   T* __restrict__ ys = b.y.data();
@@ -318,11 +317,7 @@ FL_HD void run_tile(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, Tile
   const T a = c.a, s = c.s;
   for (int64_t k = 0; k < c.n_steps; ++k) {
     const uint64_t off = c.offset + static_cast<uint64_t>(k);  // wraps mod 2^64 like sample()'s offsets
-    if constexpr (std::is_same_v<T, float>) {
-      fill_normals_f32(c.seed, off, e0 / 4, nblocks, b.noise.data());
-    } else {
-      fill_normals_f64(c.seed, off, e0 / 4, nblocks, b.noise.data());
-    }
+    noise.fill(c.seed, off, b.noise.data());
     // ULA updates x in place; the other modes propose y and keep x.
     T* __restrict__ dst = c.mode == kUla ? xs : ys;
     for (int64_t lr = 0; lr < nr; ++lr) {
