@@ -44,7 +44,7 @@ from .ops import _as_i64, _shape, check_float_tensor, check_u64
 MODES = reference.CHAIN_MODES  # ("ula", "weights", "mh")
 # The backends whose fused kernels run every mode and dtype (the rest fall back to step by step).
 MIXTURE_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
-MLP_CHAIN_BACKENDS = ("cpu", "reference")
+MLP_CHAIN_BACKENDS = ("cpu", "reference", "triton")
 DOUBLE_WELL_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
 CHAIN_BACKENDS = MIXTURE_CHAIN_BACKENDS  # any fused chain at all (sample() / Walkers' first test)
 # The CUDA mixture kernel keeps a walker's row in one warp's registers, 16 elements per lane.
@@ -416,9 +416,12 @@ def mlp_chain(
     term). The other arguments are mixture_chain's. ``MLPEnergy.mlp_chain_params()`` gives
     (weights, biases, act, inv_ref_var). Inputs are not modified.
 
-    Backends: "cpu" (csrc/cpu/mlp_chain_cpu.cpp), "reference" (reference.mlp_chain_ref) and
-    "triton" (fastlangevin/kernels/mlp_chain.py: mode "ula", float32 only; sample() and
-    Walkers do not route to it yet).
+    Backends: "cpu" (csrc/cpu/mlp_chain_cpu.cpp), "triton" (fastlangevin/kernels/mlp_chain.py;
+    CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and "reference"
+    (reference.mlp_chain_ref); every mode, float32 and float64 on each. There is no "cuda"
+    kernel: "auto" on CUDA tensors picks "triton", an explicit "cuda" raises ValueError
+    (fused_chain_of's runner, which sample() and Walkers call with their backend, turns
+    "cuda" into "triton").
     """
     op = "mlp_chain"
     _check_walkers(op, x)
@@ -453,13 +456,12 @@ def mlp_chain(
     inv_ref_var = float(inv_ref_var)
     a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
-    if be == "triton":
-        if mode != "ula" or x.dtype != torch.float32:
-            raise ValueError(f"{op}: backend 'triton' runs mode 'ula' on float32 walkers only "
-                             f"(got mode {mode!r}, {x.dtype}); use backend 'cpu' or 'reference'")
-    elif be not in MLP_CHAIN_BACKENDS:
-        raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {MLP_CHAIN_BACKENDS}); "
-                         "sample() and Walkers fall back to the step-by-step loop there")
+    if be == "cuda" and backend == "auto" and _backend._available("triton", x.device) is None:
+        be = "triton"  # no CUDA C++ kernel: the Triton kernel runs the MLP chain on CUDA tensors
+    if be not in MLP_CHAIN_BACKENDS:
+        raise ValueError(f"{op}: backend {be!r} has no fused MLP chain kernel (available: {MLP_CHAIN_BACKENDS}; "
+                         "on CUDA tensors use backend 'triton'); sample() and Walkers route CUDA walkers to the "
+                         "Triton kernel, or run step by step where triton is missing")
     weights = [w.detach().to(x.dtype).contiguous() for w in weights]
     biases = [b.detach().to(x.dtype).contiguous() for b in biases]
     energy_fn = lambda y: reference.mlp_energy_ref(y, weights, biases, act, inv_ref_var)  # noqa: E731
@@ -474,17 +476,13 @@ def mlp_chain(
             log_w=None if log_w is None else log_w.to(torch.float64))
         return ChainResult(xo, uo, go, lw, acc, None)
 
-    xo = x.detach().to(memory_format=torch.contiguous_format, copy=True)
-    uo = energy.detach().to(x.dtype, copy=True).contiguous()
-    go = grad.detach().to(x.dtype, copy=True).contiguous()
+    xo, uo, go, lw, steps, acc = _kernel_state(x, energy, grad, log_w, n_steps, return_log_w_steps)
     if be == "triton":
         from .kernels.mlp_chain import mlp_chain_triton
 
-        mlp_chain_triton(xo, uo, go, weights, biases, act, inv_ref_var, n_steps, a, s, seed, offset)
-        return ChainResult(xo, uo, go, None, torch.full((n,), n_steps, dtype=torch.int64, device=x.device), None)
-    lw = None if log_w is None else log_w.detach().to(torch.float64, copy=True).contiguous()
-    steps = torch.empty(n_steps, n, dtype=torch.float64, device=x.device) if return_log_w_steps else None
-    acc = torch.zeros(n, dtype=torch.int64, device=x.device)
+        mlp_chain_triton(xo, uo, go, weights, biases, act, inv_ref_var, n_steps, a, s, seed, offset, MODES.index(mode),
+                         lw, steps, acc)
+        return ChainResult(xo, uo, go, lw, acc, steps)
     _register_fakes()
     torch.ops.fastlangevin.mlp_chain(xo, uo, go, weights, biases, MLP_ACTS.index(act), inv_ref_var, n_steps, a, s,
                                      _as_i64(seed), _as_i64(offset), MODES.index(mode), lw, steps, acc)

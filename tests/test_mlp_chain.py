@@ -195,9 +195,9 @@ def test_mlp_chain_errors():
         mlp_chain(x.half(), ws, bs, act, 3, 0.1)
     with pytest.raises(ValueError, match="mlp_chain: log_w and return_log_w_steps belong to mode 'weights'"):
         mlp_chain(x, ws, bs, act, 3, 0.1, return_log_w_steps=True)
-    if fl.backends()["triton"] is True:
-        with pytest.raises(ValueError, match="mlp_chain: backend 'triton' runs mode 'ula' on float32 walkers only"):
-            mlp_chain(x, ws, bs, act, 3, 0.1, backend="triton", mode="mh")
+    if fl.backends()["cuda"] is True:  # no CUDA C++ MLP kernel: "auto" picks triton, "cuda" is refused
+        with pytest.raises(ValueError, match="mlp_chain: backend 'cuda' has no fused MLP chain kernel"):
+            mlp_chain(x.cuda(), [w.cuda() for w in ws], [b.cuda() for b in bs], act, 3, 0.1, backend="cuda")
     # the C++ op's own guards, for direct callers
     require("cpu", "cpu")
     acc = torch.zeros(8, dtype=torch.int64)
@@ -237,3 +237,44 @@ def test_triton_ula_equals_reference(device):
         for k in ("x", "energy", "grad"):
             torch.testing.assert_close(getattr(got, k), getattr(want, k), rtol=1e-4, atol=1e-4)
         assert torch.equal(got.accepted.cpu(), torch.full((37,), 4))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["weights", "mh"])
+def test_triton_modes_equal_reference_and_cpu(device, dtype, mode):
+    """Jarzynski weights (log_w and log_w_steps) and MALA (the same accept/reject decisions,
+    hence the same accepted counts) of the Triton kernel against the reference and the CPU
+    kernel: 19 walkers = 2 programs of 16, the last partial; d = 5 and 17 (padded to 16 / 32),
+    depth 3 / 1; 4 steps, offsets wrapping past 2^64."""
+    require(device, "triton")
+    for act, depth, hidden, d, ref_var in (("silu", 3, 16, 5, 2.0), ("tanh", 1, 20, 17, None)):
+        e = _mlp(d, hidden, depth, act, ref_var, dtype)
+        x0 = _x0(19, d, dtype)
+        ws, bs, a, inv_ref = e.mlp_chain_params()
+        lw0 = torch.linspace(-1, 1, 19, dtype=torch.float64) if mode == "weights" else None  # a running log_w
+        kw = dict(inv_ref_var=inv_ref, seed=3, offset=(1 << 64) - 2, mode=mode, log_w=lw0,
+                  return_log_w_steps=mode == "weights")
+        h = 0.5 if mode == "mh" else 0.05  # large enough for MALA to reject some proposals
+        got = mlp_chain(x0.to(device), [w.to(device) for w in ws], [b.to(device) for b in bs], a, 4, h,
+                        backend="triton", **{**kw, "log_w": None if lw0 is None else lw0.to(device)})
+        wants = [mlp_chain(x0, ws, bs, a, 4, h, backend="reference", **kw)]
+        if fl.backends()["cpu"] is True:
+            wants.append(mlp_chain(x0, ws, bs, a, 4, h, backend="cpu", **kw))
+        for want in wants:
+            for k in ("x", "energy", "grad"):
+                torch.testing.assert_close(getattr(got, k).cpu(), getattr(want, k), **_tol(dtype))
+            assert torch.equal(got.accepted.cpu(), want.accepted)
+            if mode == "weights":
+                lw_tol = dict(rtol=0, atol=1e-4 if dtype == torch.float32 else 1e-10)
+                torch.testing.assert_close(got.log_w.cpu(), want.log_w, **lw_tol)
+                torch.testing.assert_close(got.log_w_steps.cpu(), want.log_w_steps, **lw_tol)
+        if mode == "mh":
+            assert 0 < int(got.accepted.sum()) < 19 * 4  # some proposals rejected, some accepted
+            assert got.log_w is None and got.log_w_steps is None
+        else:
+            assert torch.equal(got.accepted.cpu(), torch.full((19,), 4))
+            assert got.log_w_steps.shape == (4, 19)
+            assert (got.log_w.cpu() - lw0).abs().max() > 1e-3  # the weights moved from their start
+            torch.testing.assert_close(got.log_w_steps[-1], got.log_w, rtol=0, atol=0)
+        assert torch.equal(x0, _x0(19, d, dtype))  # the inputs are untouched
