@@ -13,8 +13,11 @@ mixture_chain: "cpu" (csrc/cpu/chain_cpu.cpp, OpenMP over tiles of walkers), "cu
 (fastlangevin/kernels/mixture_chain.py) and "reference" (fastlangevin.reference.mixture_chain_ref,
 the oracle). double_well_chain: the same four, each the mixture chain's kernel with the
 double well's energy (the oracle fastlangevin.reference.double_well_chain_ref). mlp_chain:
-"cpu" and "reference" (and "triton" for mode "ula" on float32, which
-sample() and Walkers do not route to).
+"cpu" (csrc/cpu/mlp_chain_cpu.cpp), "triton" (fastlangevin/kernels/mlp_chain.py) and
+"reference" (reference.mlp_chain_ref), every mode, float32 and float64; there is no CUDA C++
+MLP kernel, so CUDA walkers run the Triton one (backend "auto", and sample() / Walkers on
+backend "cuda"). The Triton chains share their step and mode logic
+(fastlangevin/kernels/chain_common.py).
 
 sample() and Walkers.step() call these themselves (fused_chain_of picks the kernel): the
 dispatch rule is one protocol method per kernel,
@@ -28,7 +31,9 @@ dispatch rule is one protocol method per kernel,
 
 checked in that order, and only when the parameters' dimension and device match the walkers'
 and the kernel runs on the backend (MIXTURE_CHAIN_BACKENDS, DOUBLE_WELL_CHAIN_BACKENDS,
-MLP_CHAIN_BACKENDS).
+MLP_CHAIN_BACKENDS; the mixture / double-well "cuda" kernels for d <= 512 only; the MLP chain
+on backend "cuda" is the Triton kernel, so only where triton is installed). Everything else
+(another energy, a larger MLP, a backend without the kernel) runs step by step.
 See sample() and Walkers.step() for the other conditions (float step sizes, no clamp, ...).
 """
 from __future__ import annotations
@@ -346,10 +351,11 @@ def mlp_chain_params_of(energy):
 
 def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
     """A function run(x, n_steps, step_size, noise_std, **kw) -> ChainResult that runs ``energy``'s
-    fused chain (mixture_chain or mlp_chain with its parameters bound; kw: energy, grad, seed,
-    offset, mode, log_w, return_log_w_steps, backend), or None when the energy has no fused
-    chain for walkers like x [N, d] on ``backend`` (a resolved backend name; None: any) (see
-    the module docstring for the rule)."""
+    fused chain (mixture_chain, double_well_chain or mlp_chain with its parameters bound; kw:
+    energy, grad, seed, offset, mode, log_w, return_log_w_steps, backend), or None when the
+    energy has no fused chain for walkers like x [N, d] on ``backend`` (a resolved backend
+    name; None: any) (see the module docstring for the rule). The MLP runner runs backend
+    "cuda" as "triton" (the only MLP chain kernel for CUDA tensors)."""
     if x.dim() != 2:
         return None
     params = chain_params_of(energy)
@@ -373,10 +379,18 @@ def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
         ws, bs, act, inv_ref = params
         if ws[0].shape[1] != x.shape[1] or ws[0].device != x.device:
             return None
-        if backend is not None and backend not in MLP_CHAIN_BACKENDS:
+        if backend == "cuda":  # no CUDA C++ MLP kernel: CUDA walkers run the Triton one, if triton is here
+            if x.device.type != "cuda" or _backend._available("triton", x.device) is not None:
+                return None
+        elif backend is not None and backend not in MLP_CHAIN_BACKENDS:
             return None
-        return lambda xx, n_steps, a, s=None, **kw: mlp_chain(xx, ws, bs, act, n_steps, a, s, inv_ref_var=inv_ref,
-                                                              **kw)
+
+        def run(xx, n_steps, a, s=None, **kw):
+            if kw.get("backend") == "cuda":
+                kw["backend"] = "triton"
+            return mlp_chain(xx, ws, bs, act, n_steps, a, s, inv_ref_var=inv_ref, **kw)
+
+        return run
     return None
 
 
@@ -425,7 +439,7 @@ def mlp_chain(
     """
     op = "mlp_chain"
     _check_walkers(op, x)
-    n, d = x.shape
+    d = x.shape[1]
     if act not in MLP_ACTS:
         raise ValueError(f"{op}: act must be one of {MLP_ACTS}, got {act!r}")
     weights, biases = list(weights), list(biases)

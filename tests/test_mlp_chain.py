@@ -7,9 +7,10 @@ import fastlangevin as fl
 from fastlangevin.chain import fused_chain_of, mlp_chain
 from fastlangevin.energies import MLPEnergy
 
-from conftest import require
+from conftest import CASES, require
 
 BACKENDS = ["reference", "cpu"]
+INTERP = ("cpu", "triton")  # the Triton interpreter: slow, its cases run at small sizes
 
 
 class _StepByStep(torch.nn.Module):
@@ -89,17 +90,22 @@ def test_reference_chain_is_the_autograd_loop():
     torch.testing.assert_close(fused.energy, loop.energy, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mh", [False, True])
-def test_sample_fused_equals_step_by_step(backend, dtype, mh):
-    require("cpu", backend)
-    e = _mlp(10, 32, 3, "silu", None, dtype)
-    x0 = _x0(70, 10, dtype)
-    assert fused_chain_of(e, x0) is not None and fused_chain_of(_StepByStep(e), x0) is None
+def test_sample_fused_equals_step_by_step(device, backend, dtype, mh):
+    """On every backend, CUDA walkers included (backend "cuda" runs the Triton MLP kernel).
+    Under the Triton interpreter 16 walkers of d = 6, hidden 16, 5 steps (70 x 10, hidden 32,
+    20 steps elsewhere)."""
+    require(device, backend)
+    interp = (device, backend) == INTERP
+    n, d, hidden, steps = (16, 6, 16, 5) if interp else (70, 10, 32, 20)
+    e = _mlp(d, hidden, 3, "silu", None, dtype).to(device)
+    x0 = _x0(n, d, dtype).to(device)
+    assert fused_chain_of(e, x0, backend) is not None and fused_chain_of(_StepByStep(e), x0) is None
     h = 0.5 if mh else 0.05
-    fused = fl.sample(e, x0, 20, h, seed=5, offset=11, mh=mh, backend=backend)
-    loop = fl.sample(_StepByStep(e), x0, 20, h, seed=5, offset=11, mh=mh, backend=backend)
+    fused = fl.sample(e, x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(_StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
     if backend == "reference":  # the oracle chain is literally the loop's arithmetic
         assert torch.equal(fused.x, loop.x)
     torch.testing.assert_close(fused.x, loop.x, **_tol(dtype))
@@ -107,27 +113,31 @@ def test_sample_fused_equals_step_by_step(backend, dtype, mh):
     if mh:
         torch.testing.assert_close(fused.acceptance, loop.acceptance, rtol=0, atol=1e-12)
         assert 0.3 < float(fused.acceptance) < 1.0
-    other = fl.sample(e, x0, 20, h, seed=6, offset=11, mh=mh, backend=backend)
+    other = fl.sample(e, x0, steps, h, seed=6, offset=11, mh=mh, backend=backend)
     assert (other.x - fused.x).abs().max() > 0.05
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("weights,resample", [(False, None), (True, "systematic")])
-def test_walkers_fused_equals_step_by_step(backend, weights, resample):
+def test_walkers_fused_equals_step_by_step(device, backend, weights, resample):
     """Walkers.step(n) fused (speculate-and-replay around resampling) against the loop, with a
-    parameter change between calls (the first increment uses the cached old energy)."""
-    require("cpu", backend)
-    e = _mlp(6, 16, 2, "softplus", 2.0)
-    x0 = _x0(96, 6, torch.float64)
+    parameter change between calls (the first increment uses the cached old energy). Under the
+    Triton interpreter 32 walkers, 6 + 8 steps (resampling still fires twice)."""
+    require(device, backend)
+    interp = (device, backend) == INTERP
+    n, s1, s2 = (32, 6, 8) if interp else (96, 15, 20)
+    e = _mlp(6, 16, 2, "softplus", 2.0).to(device)
+    x0 = _x0(n, 6, torch.float64).to(device)
     kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
     w1, w2 = fl.Walkers(e, x0, 0.3, **kw), fl.Walkers(_StepByStep(e), x0, 0.3, **kw)
-    w1.step(15)
-    w2.step(15)
+    assert w1._fused_params() is not None and w2._fused_params() is None
+    w1.step(s1)
+    w2.step(s1)
     with torch.no_grad():
         e.net[0].bias.add_(0.2)
-    w1.step(20)
-    w2.step(20)
-    assert w1.steps == w2.steps == 35
+    w1.step(s2)
+    w2.step(s2)
+    assert w1.steps == w2.steps == s1 + s2
     assert int(w1.n_resampled) == int(w2.n_resampled)
     if resample is not None:
         assert int(w1.n_resampled) >= 2
@@ -278,3 +288,19 @@ def test_triton_modes_equal_reference_and_cpu(device, dtype, mode):
             assert (got.log_w.cpu() - lw0).abs().max() > 1e-3  # the weights moved from their start
             torch.testing.assert_close(got.log_w_steps[-1], got.log_w, rtol=0, atol=0)
         assert torch.equal(x0, _x0(19, d, dtype))  # the inputs are untouched
+
+
+def test_cuda_backend_runs_the_triton_kernel():
+    """There is no CUDA C++ MLP kernel: sample() / Walkers on backend "cuda" get fused_chain_of's
+    runner (for CUDA walkers only), which runs backend "cuda" as "triton". The runner's mapping
+    checked on CPU tensors under the interpreter (the cuda-marked sample / Walkers cases run it
+    on a GPU)."""
+    require("cpu", "triton")
+    e = _mlp(3, 16, 2, "tanh", 1.0, torch.float32)
+    x0 = _x0(16, 3, torch.float32)
+    ws, bs, act, inv_ref = e.mlp_chain_params()
+    assert fused_chain_of(e, x0, "cuda") is None  # CPU walkers never run on "cuda"
+    got = fused_chain_of(e, x0)(x0, 3, 0.3, seed=2, mode="mh", backend="cuda")
+    want = mlp_chain(x0, ws, bs, act, 3, 0.3, inv_ref_var=inv_ref, seed=2, mode="mh", backend="triton")
+    for k in ("x", "energy", "grad", "accepted"):
+        assert torch.equal(getattr(got, k), getattr(want, k)), k
