@@ -11,7 +11,8 @@ its toy size), h = 0.01, noise sqrt(2h), float32, side by side in one process:
                  (MLPEnergy.energy_and_grad: torch matmuls, no autograd) and one fused
                  langevin_step per step.
 * ``chain``      fastlangevin.sample() on the MLPEnergy itself: the whole chain in one
-                 fastlangevin.chain.mlp_chain call (the device's backend).
+                 fastlangevin.chain.mlp_chain call (the C++ kernel on the CPU, the Triton
+                 kernel on CUDA tensors; not yet timed on a GPU).
 * ``chain-mala`` the same with mh=True (MALA inside the chain).
 
 Every method runs the full chain per call; vs_eager = eager time / method time. Run it with
@@ -123,6 +124,11 @@ def run(
     config, backends, not_run, rows as bench_chain's). Methods are timed round-robin."""
     dev = torch.device(device)
     not_run: dict[str, str] = {}
+    # CUDA walkers: the fused chain is the Triton kernel (there is no CUDA C++ MLP kernel)
+    fused = dev.type == "cpu" or fastlangevin.backends()["triton"] is True
+    if not fused:
+        not_run["chain"] = not_run["chain-mala"] = (f"no MLP chain kernel for {dev.type} tensors here (the Triton "
+                                                    f"kernel needs triton: {fastlangevin.backends()['triton']})")
     env = common.env_info(dev)
     peak = sgemm_gflops(dev, n=512 if quick else 2048)
     sizes = [tuple(int(v) for v in s) for s in (sizes or (QUICK_SIZES if quick else SIZES))]
@@ -142,13 +148,14 @@ def run(
                                                               seed=next(seeds)), settings,
                        note="closed-form grad (torch matmuls) + fused step, per step"),
         ]
-        cands += [
-            _Candidate("chain", lambda: fastlangevin.sample(energy, x0, steps, STEP_SIZE, seed=next(seeds)),
-                       settings, note="one mlp_chain call"),
-            _Candidate("chain-mala", lambda: fastlangevin.sample(energy, x0, steps, STEP_SIZE, seed=next(seeds),
-                                                                  mh=True), settings,
-                       note="one mlp_chain call, MALA"),
-        ]
+        if fused:
+            cands += [
+                _Candidate("chain", lambda: fastlangevin.sample(energy, x0, steps, STEP_SIZE, seed=next(seeds)),
+                           settings, note="one mlp_chain call"),
+                _Candidate("chain-mala", lambda: fastlangevin.sample(energy, x0, steps, STEP_SIZE, seed=next(seeds),
+                                                                      mh=True), settings,
+                           note="one mlp_chain call, MALA"),
+            ]
         size_rows = measure_rows(cands, size, dev, verbose)
         work = flops_per_walker_step(d) * n * steps
         for r in size_rows:

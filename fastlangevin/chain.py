@@ -13,8 +13,11 @@ mixture_chain: "cpu" (csrc/cpu/chain_cpu.cpp, OpenMP over tiles of walkers), "cu
 (fastlangevin/kernels/mixture_chain.py) and "reference" (fastlangevin.reference.mixture_chain_ref,
 the oracle). double_well_chain: the same four, each the mixture chain's kernel with the
 double well's energy (the oracle fastlangevin.reference.double_well_chain_ref). mlp_chain:
-"cpu" and "reference" (and "triton" for mode "ula" on float32, which
-sample() and Walkers do not route to).
+"cpu" (csrc/cpu/mlp_chain_cpu.cpp), "triton" (fastlangevin/kernels/mlp_chain.py) and
+"reference" (reference.mlp_chain_ref), every mode, float32 and float64; there is no CUDA C++
+MLP kernel, so CUDA walkers run the Triton one (backend "auto", and sample() / Walkers on
+backend "cuda"). The Triton chains share their step and mode logic
+(fastlangevin/kernels/chain_common.py).
 
 sample() and Walkers.step() call these themselves (fused_chain_of picks the kernel): the
 dispatch rule is one protocol method per kernel,
@@ -28,7 +31,9 @@ dispatch rule is one protocol method per kernel,
 
 checked in that order, and only when the parameters' dimension and device match the walkers'
 and the kernel runs on the backend (MIXTURE_CHAIN_BACKENDS, DOUBLE_WELL_CHAIN_BACKENDS,
-MLP_CHAIN_BACKENDS).
+MLP_CHAIN_BACKENDS; the mixture / double-well "cuda" kernels for d <= 512 only; the MLP chain
+on backend "cuda" is the Triton kernel, so only where triton is installed). Everything else
+(another energy, a larger MLP, a backend without the kernel) runs step by step.
 See sample() and Walkers.step() for the other conditions (float step sizes, no clamp, ...).
 """
 from __future__ import annotations
@@ -44,7 +49,7 @@ from .ops import _as_i64, _shape, check_float_tensor, check_u64
 MODES = reference.CHAIN_MODES  # ("ula", "weights", "mh")
 # The backends whose fused kernels run every mode and dtype (the rest fall back to step by step).
 MIXTURE_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
-MLP_CHAIN_BACKENDS = ("cpu", "reference")
+MLP_CHAIN_BACKENDS = ("cpu", "reference", "triton")
 DOUBLE_WELL_CHAIN_BACKENDS = ("cpu", "reference", "triton", "cuda")
 CHAIN_BACKENDS = MIXTURE_CHAIN_BACKENDS  # any fused chain at all (sample() / Walkers' first test)
 # The CUDA mixture kernel keeps a walker's row in one warp's registers, 16 elements per lane.
@@ -346,10 +351,11 @@ def mlp_chain_params_of(energy):
 
 def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
     """A function run(x, n_steps, step_size, noise_std, **kw) -> ChainResult that runs ``energy``'s
-    fused chain (mixture_chain or mlp_chain with its parameters bound; kw: energy, grad, seed,
-    offset, mode, log_w, return_log_w_steps, backend), or None when the energy has no fused
-    chain for walkers like x [N, d] on ``backend`` (a resolved backend name; None: any) (see
-    the module docstring for the rule)."""
+    fused chain (mixture_chain, double_well_chain or mlp_chain with its parameters bound; kw:
+    energy, grad, seed, offset, mode, log_w, return_log_w_steps, backend), or None when the
+    energy has no fused chain for walkers like x [N, d] on ``backend`` (a resolved backend
+    name; None: any) (see the module docstring for the rule). The MLP runner runs backend
+    "cuda" as "triton" (the only MLP chain kernel for CUDA tensors)."""
     if x.dim() != 2:
         return None
     params = chain_params_of(energy)
@@ -373,10 +379,18 @@ def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
         ws, bs, act, inv_ref = params
         if ws[0].shape[1] != x.shape[1] or ws[0].device != x.device:
             return None
-        if backend is not None and backend not in MLP_CHAIN_BACKENDS:
+        if backend == "cuda":  # no CUDA C++ MLP kernel: CUDA walkers run the Triton one, if triton is here
+            if x.device.type != "cuda" or _backend._available("triton", x.device) is not None:
+                return None
+        elif backend is not None and backend not in MLP_CHAIN_BACKENDS:
             return None
-        return lambda xx, n_steps, a, s=None, **kw: mlp_chain(xx, ws, bs, act, n_steps, a, s, inv_ref_var=inv_ref,
-                                                              **kw)
+
+        def run(xx, n_steps, a, s=None, **kw):
+            if kw.get("backend") == "cuda":
+                kw["backend"] = "triton"
+            return mlp_chain(xx, ws, bs, act, n_steps, a, s, inv_ref_var=inv_ref, **kw)
+
+        return run
     return None
 
 
@@ -416,13 +430,16 @@ def mlp_chain(
     term). The other arguments are mixture_chain's. ``MLPEnergy.mlp_chain_params()`` gives
     (weights, biases, act, inv_ref_var). Inputs are not modified.
 
-    Backends: "cpu" (csrc/cpu/mlp_chain_cpu.cpp), "reference" (reference.mlp_chain_ref) and
-    "triton" (fastlangevin/kernels/mlp_chain.py: mode "ula", float32 only; sample() and
-    Walkers do not route to it yet).
+    Backends: "cpu" (csrc/cpu/mlp_chain_cpu.cpp), "triton" (fastlangevin/kernels/mlp_chain.py;
+    CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and "reference"
+    (reference.mlp_chain_ref); every mode, float32 and float64 on each. There is no "cuda"
+    kernel: "auto" on CUDA tensors picks "triton", an explicit "cuda" raises ValueError
+    (fused_chain_of's runner, which sample() and Walkers call with their backend, turns
+    "cuda" into "triton").
     """
     op = "mlp_chain"
     _check_walkers(op, x)
-    n, d = x.shape
+    d = x.shape[1]
     if act not in MLP_ACTS:
         raise ValueError(f"{op}: act must be one of {MLP_ACTS}, got {act!r}")
     weights, biases = list(weights), list(biases)
@@ -453,13 +470,12 @@ def mlp_chain(
     inv_ref_var = float(inv_ref_var)
     a, s, seed, offset = _check_run(op, n_steps, mode, step_size, noise_std, seed, offset)
     be = _backend.resolve(op, backend, x.device)
-    if be == "triton":
-        if mode != "ula" or x.dtype != torch.float32:
-            raise ValueError(f"{op}: backend 'triton' runs mode 'ula' on float32 walkers only "
-                             f"(got mode {mode!r}, {x.dtype}); use backend 'cpu' or 'reference'")
-    elif be not in MLP_CHAIN_BACKENDS:
-        raise ValueError(f"{op}: backend {be!r} has no fused chain kernel yet (available: {MLP_CHAIN_BACKENDS}); "
-                         "sample() and Walkers fall back to the step-by-step loop there")
+    if be == "cuda" and backend == "auto" and _backend._available("triton", x.device) is None:
+        be = "triton"  # no CUDA C++ kernel: the Triton kernel runs the MLP chain on CUDA tensors
+    if be not in MLP_CHAIN_BACKENDS:
+        raise ValueError(f"{op}: backend {be!r} has no fused MLP chain kernel (available: {MLP_CHAIN_BACKENDS}; "
+                         "on CUDA tensors use backend 'triton'); sample() and Walkers route CUDA walkers to the "
+                         "Triton kernel, or run step by step where triton is missing")
     weights = [w.detach().to(x.dtype).contiguous() for w in weights]
     biases = [b.detach().to(x.dtype).contiguous() for b in biases]
     energy_fn = lambda y: reference.mlp_energy_ref(y, weights, biases, act, inv_ref_var)  # noqa: E731
@@ -474,17 +490,13 @@ def mlp_chain(
             log_w=None if log_w is None else log_w.to(torch.float64))
         return ChainResult(xo, uo, go, lw, acc, None)
 
-    xo = x.detach().to(memory_format=torch.contiguous_format, copy=True)
-    uo = energy.detach().to(x.dtype, copy=True).contiguous()
-    go = grad.detach().to(x.dtype, copy=True).contiguous()
+    xo, uo, go, lw, steps, acc = _kernel_state(x, energy, grad, log_w, n_steps, return_log_w_steps)
     if be == "triton":
         from .kernels.mlp_chain import mlp_chain_triton
 
-        mlp_chain_triton(xo, uo, go, weights, biases, act, inv_ref_var, n_steps, a, s, seed, offset)
-        return ChainResult(xo, uo, go, None, torch.full((n,), n_steps, dtype=torch.int64, device=x.device), None)
-    lw = None if log_w is None else log_w.detach().to(torch.float64, copy=True).contiguous()
-    steps = torch.empty(n_steps, n, dtype=torch.float64, device=x.device) if return_log_w_steps else None
-    acc = torch.zeros(n, dtype=torch.int64, device=x.device)
+        mlp_chain_triton(xo, uo, go, weights, biases, act, inv_ref_var, n_steps, a, s, seed, offset, MODES.index(mode),
+                         lw, steps, acc)
+        return ChainResult(xo, uo, go, lw, acc, steps)
     _register_fakes()
     torch.ops.fastlangevin.mlp_chain(xo, uo, go, weights, biases, MLP_ACTS.index(act), inv_ref_var, n_steps, a, s,
                                      _as_i64(seed), _as_i64(offset), MODES.index(mode), lw, steps, acc)

@@ -198,10 +198,12 @@ def sample(
     is part of the energy, not sample()'s), x0 is float32/float64 [N, d], step_size and
     noise_std are floats, there is no ref_var, grad_clip, clamp, trajectory, progress bar or
     step-size adaptation, and the backend has the kernel (mixture_chain and double_well_chain:
-    cpu, reference, triton, cuda up to d = 512; mlp_chain: cpu, reference), all n_steps run in one fused
-    chain call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and
-    uniforms as the loop. A non-finite energy is then reported
-    at the end of the chain, without the step number.
+    cpu, reference, triton, cuda up to d = 512; mlp_chain: cpu, reference, triton, and cuda
+    through the Triton kernel where triton is installed), all n_steps run in one fused chain
+    call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and uniforms as
+    the loop. Anything else (another energy, a larger MLP, image-shaped walkers, a backend
+    without the kernel) runs step by step. A non-finite energy is then reported at the end of
+    the chain, without the step number.
 
     ``cuda_graph=True`` (CUDA tensors only; a CPU x0 raises ValueError rather than falling back,
     so that nobody times the eager loop believing it is a graph) runs the whole call, ULA or
@@ -217,7 +219,7 @@ def sample(
     the cuda backend (see fastlangevin.graphs). Host checks under a graph: none during the
     replay; after it, one check of the non-finite watch (NonFiniteError with the first bad step,
     as in eager mode) and of the final energy; ``check_every`` is not used and progress=True
-    is refused. The fused-chain shortcut above (cpu/reference backends) is not taken. The
+    is refused. The fused-chain shortcut above is not taken. The
     energy's parameters must be updated in place between calls (optimizer steps are);
     fastlangevin.graphs.clear_cache() drops the cached graphs.
     """

@@ -165,10 +165,10 @@ class Walkers:
         (``double_well_chain_params()``) or a small MLPEnergy
         (``mlp_chain_params()``: depth <= 4, hidden <= 128), float step_size and noise_std, no
         ref_var, [N, d] walkers and a backend with the kernel (mixture_chain, double_well_chain:
-        cpu, reference, triton, cuda up to d = 512; mlp_chain: cpu, reference), the n steps run as
-        fused chains (fastlangevin.chain.fused_chain_of: mixture_chain / double_well_chain /
-        mlp_chain), same noise,
-        same results to float tolerance. Resampling is handled by speculate-and-replay: a chunk of up to CHAIN_CHUNK
+        cpu, reference, triton, cuda up to d = 512; mlp_chain: cpu, reference, triton, and cuda
+        through the Triton kernel where triton is installed), the n steps run as fused chains
+        (fastlangevin.chain.fused_chain_of: mixture_chain / double_well_chain / mlp_chain), same
+        noise, same results to float tolerance; anything else runs the step loop. Resampling is handled by speculate-and-replay: a chunk of up to CHAIN_CHUNK
         steps runs with the log-weights of every step recorded; if ESS falls below the threshold
         after step t of the chunk, the chunk is replayed from its start for t + 1 steps (the
         chain is deterministic), the walkers are resampled exactly as the loop would, and the

@@ -134,7 +134,14 @@ def test_triton_kernels_compile_for_a_gpu():
             compile_(R._resample_kernel, dict(BLOCK=256, SCHEME=scheme, HAS_U=False), p_u="*fp64", p_out="*i64")
         compile_(W._log_ratio_kernel, dict(BLOCK_R=4, BLOCK_C=512, TWO_SIDED=True, HAS_REF=True, STEP_T=False,
                                            STD_T=False), p_out="*fp64")
-        compile_(M._mlp_chain_kernel, dict(BLOCK_N=16, DP=16, HP=32, DEPTH=3, ACT=0))
+        # the MLP chain: every mode in float32 and float64 (a float64 tl.dot lowers to the f64 MMA,
+        # mma.sync m8n8k4, on sm_80+), then the other depths with every activation
+        mlp = lambda ptr, **c: compile_(M._mlp_chain_kernel, dict(BLOCK_N=16, DP=16, HP=32, **c), ptr)
+        for fp64 in (False, True):
+            for mode in (0, 1, 2):
+                mlp("*fp64" if fp64 else "*fp32", DEPTH=3, ACT=mode, MODE=mode, FP64=fp64, STEPS=mode == 1)
+        for depth, act in ((1, 1), (2, 2), (4, 0)):
+            mlp("*fp32", DEPTH=depth, ACT=act, MODE=1, FP64=False, STEPS=True)
         print("ok")
         """
     )

@@ -213,7 +213,7 @@ def test_chain_errors():
     with pytest.raises(TypeError, match="double_well_chain: x must be float32 or float64"):
         double_well_chain(x.half(), 1.0, 1.0, 3, 0.1)
     # the backend rule of sample() / Walkers: mixture chains on every backend (CUDA up to d = 512),
-    # MLP chains on cpu and reference only
+    # MLP chains on cpu, reference and triton, and on "cuda" as the Triton kernel for CUDA walkers
     for be in ("cpu", "reference", "triton", "cuda"):
         assert fused_chain_of(e, x, be) is not None
         assert fused_chain_of(_dw(4, torch.float32), x, be) is not None
@@ -222,7 +222,8 @@ def test_chain_errors():
     assert fused_chain_of(DoubleWell(5), x, "cpu") is None  # another dimension: step by step (which raises)
     mlp = MLPEnergy(4, hidden=8, depth=1)
     assert fused_chain_of(mlp, x, "cpu") is not None
-    assert fused_chain_of(mlp, x, "triton") is None and fused_chain_of(mlp, x, "cuda") is None
+    assert fused_chain_of(mlp, x, "triton") is not None
+    assert fused_chain_of(mlp, x, "cuda") is None  # CPU walkers never run on "cuda"
 
 
 def test_sample_non_finite_in_fused_chain():

@@ -20,8 +20,8 @@ first time they change (Dynamo's automatic dynamic), then runs every other (seed
 including offsets >= 2**63, without recompiling, bit for bit equal to eager mode
 (test_seed_offset_no_recompile). Automatic dynamic marks each argument on its own: a seed that
 first changes after the offset already went symbolic costs one more compile (or compile with
-dynamic=True). The Triton chain kernels (mixture_chain / double_well_chain with backend
-"triton") are plain Triton launches, not custom ops, and are not traced here.
+dynamic=True). The Triton chain kernels (mixture_chain / double_well_chain / mlp_chain with
+backend "triton") are plain Triton launches, not custom ops, and are not traced here.
 """
 import pytest
 import torch

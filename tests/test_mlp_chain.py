@@ -7,9 +7,10 @@ import fastlangevin as fl
 from fastlangevin.chain import fused_chain_of, mlp_chain
 from fastlangevin.energies import MLPEnergy
 
-from conftest import require
+from conftest import CASES, require
 
 BACKENDS = ["reference", "cpu"]
+INTERP = ("cpu", "triton")  # the Triton interpreter: slow, its cases run at small sizes
 
 
 class _StepByStep(torch.nn.Module):
@@ -89,17 +90,22 @@ def test_reference_chain_is_the_autograd_loop():
     torch.testing.assert_close(fused.energy, loop.energy, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mh", [False, True])
-def test_sample_fused_equals_step_by_step(backend, dtype, mh):
-    require("cpu", backend)
-    e = _mlp(10, 32, 3, "silu", None, dtype)
-    x0 = _x0(70, 10, dtype)
-    assert fused_chain_of(e, x0) is not None and fused_chain_of(_StepByStep(e), x0) is None
+def test_sample_fused_equals_step_by_step(device, backend, dtype, mh):
+    """On every backend, CUDA walkers included (backend "cuda" runs the Triton MLP kernel).
+    Under the Triton interpreter 16 walkers of d = 6, hidden 16, 5 steps (70 x 10, hidden 32,
+    20 steps elsewhere)."""
+    require(device, backend)
+    interp = (device, backend) == INTERP
+    n, d, hidden, steps = (16, 6, 16, 5) if interp else (70, 10, 32, 20)
+    e = _mlp(d, hidden, 3, "silu", None, dtype).to(device)
+    x0 = _x0(n, d, dtype).to(device)
+    assert fused_chain_of(e, x0, backend) is not None and fused_chain_of(_StepByStep(e), x0) is None
     h = 0.5 if mh else 0.05
-    fused = fl.sample(e, x0, 20, h, seed=5, offset=11, mh=mh, backend=backend)
-    loop = fl.sample(_StepByStep(e), x0, 20, h, seed=5, offset=11, mh=mh, backend=backend)
+    fused = fl.sample(e, x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(_StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
     if backend == "reference":  # the oracle chain is literally the loop's arithmetic
         assert torch.equal(fused.x, loop.x)
     torch.testing.assert_close(fused.x, loop.x, **_tol(dtype))
@@ -107,27 +113,31 @@ def test_sample_fused_equals_step_by_step(backend, dtype, mh):
     if mh:
         torch.testing.assert_close(fused.acceptance, loop.acceptance, rtol=0, atol=1e-12)
         assert 0.3 < float(fused.acceptance) < 1.0
-    other = fl.sample(e, x0, 20, h, seed=6, offset=11, mh=mh, backend=backend)
+    other = fl.sample(e, x0, steps, h, seed=6, offset=11, mh=mh, backend=backend)
     assert (other.x - fused.x).abs().max() > 0.05
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("weights,resample", [(False, None), (True, "systematic")])
-def test_walkers_fused_equals_step_by_step(backend, weights, resample):
+def test_walkers_fused_equals_step_by_step(device, backend, weights, resample):
     """Walkers.step(n) fused (speculate-and-replay around resampling) against the loop, with a
-    parameter change between calls (the first increment uses the cached old energy)."""
-    require("cpu", backend)
-    e = _mlp(6, 16, 2, "softplus", 2.0)
-    x0 = _x0(96, 6, torch.float64)
+    parameter change between calls (the first increment uses the cached old energy). Under the
+    Triton interpreter 32 walkers, 6 + 8 steps (resampling still fires twice)."""
+    require(device, backend)
+    interp = (device, backend) == INTERP
+    n, s1, s2 = (32, 6, 8) if interp else (96, 15, 20)
+    e = _mlp(6, 16, 2, "softplus", 2.0).to(device)
+    x0 = _x0(n, 6, torch.float64).to(device)
     kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
     w1, w2 = fl.Walkers(e, x0, 0.3, **kw), fl.Walkers(_StepByStep(e), x0, 0.3, **kw)
-    w1.step(15)
-    w2.step(15)
+    assert w1._fused_params() is not None and w2._fused_params() is None
+    w1.step(s1)
+    w2.step(s1)
     with torch.no_grad():
         e.net[0].bias.add_(0.2)
-    w1.step(20)
-    w2.step(20)
-    assert w1.steps == w2.steps == 35
+    w1.step(s2)
+    w2.step(s2)
+    assert w1.steps == w2.steps == s1 + s2
     assert int(w1.n_resampled) == int(w2.n_resampled)
     if resample is not None:
         assert int(w1.n_resampled) >= 2
@@ -195,9 +205,9 @@ def test_mlp_chain_errors():
         mlp_chain(x.half(), ws, bs, act, 3, 0.1)
     with pytest.raises(ValueError, match="mlp_chain: log_w and return_log_w_steps belong to mode 'weights'"):
         mlp_chain(x, ws, bs, act, 3, 0.1, return_log_w_steps=True)
-    if fl.backends()["triton"] is True:
-        with pytest.raises(ValueError, match="mlp_chain: backend 'triton' runs mode 'ula' on float32 walkers only"):
-            mlp_chain(x, ws, bs, act, 3, 0.1, backend="triton", mode="mh")
+    if fl.backends()["cuda"] is True:  # no CUDA C++ MLP kernel: "auto" picks triton, "cuda" is refused
+        with pytest.raises(ValueError, match="mlp_chain: backend 'cuda' has no fused MLP chain kernel"):
+            mlp_chain(x.cuda(), [w.cuda() for w in ws], [b.cuda() for b in bs], act, 3, 0.1, backend="cuda")
     # the C++ op's own guards, for direct callers
     require("cpu", "cpu")
     acc = torch.zeros(8, dtype=torch.int64)
@@ -237,3 +247,60 @@ def test_triton_ula_equals_reference(device):
         for k in ("x", "energy", "grad"):
             torch.testing.assert_close(getattr(got, k), getattr(want, k), rtol=1e-4, atol=1e-4)
         assert torch.equal(got.accepted.cpu(), torch.full((37,), 4))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["weights", "mh"])
+def test_triton_modes_equal_reference_and_cpu(device, dtype, mode):
+    """Jarzynski weights (log_w and log_w_steps) and MALA (the same accept/reject decisions,
+    hence the same accepted counts) of the Triton kernel against the reference and the CPU
+    kernel: 19 walkers = 2 programs of 16, the last partial; d = 5 and 17 (padded to 16 / 32),
+    depth 3 / 1; 4 steps, offsets wrapping past 2^64."""
+    require(device, "triton")
+    for act, depth, hidden, d, ref_var in (("silu", 3, 16, 5, 2.0), ("tanh", 1, 20, 17, None)):
+        e = _mlp(d, hidden, depth, act, ref_var, dtype)
+        x0 = _x0(19, d, dtype)
+        ws, bs, a, inv_ref = e.mlp_chain_params()
+        lw0 = torch.linspace(-1, 1, 19, dtype=torch.float64) if mode == "weights" else None  # a running log_w
+        kw = dict(inv_ref_var=inv_ref, seed=3, offset=(1 << 64) - 2, mode=mode, log_w=lw0,
+                  return_log_w_steps=mode == "weights")
+        h = 0.5 if mode == "mh" else 0.05  # large enough for MALA to reject some proposals
+        got = mlp_chain(x0.to(device), [w.to(device) for w in ws], [b.to(device) for b in bs], a, 4, h,
+                        backend="triton", **{**kw, "log_w": None if lw0 is None else lw0.to(device)})
+        wants = [mlp_chain(x0, ws, bs, a, 4, h, backend="reference", **kw)]
+        if fl.backends()["cpu"] is True:
+            wants.append(mlp_chain(x0, ws, bs, a, 4, h, backend="cpu", **kw))
+        for want in wants:
+            for k in ("x", "energy", "grad"):
+                torch.testing.assert_close(getattr(got, k).cpu(), getattr(want, k), **_tol(dtype))
+            assert torch.equal(got.accepted.cpu(), want.accepted)
+            if mode == "weights":
+                lw_tol = dict(rtol=0, atol=1e-4 if dtype == torch.float32 else 1e-10)
+                torch.testing.assert_close(got.log_w.cpu(), want.log_w, **lw_tol)
+                torch.testing.assert_close(got.log_w_steps.cpu(), want.log_w_steps, **lw_tol)
+        if mode == "mh":
+            assert 0 < int(got.accepted.sum()) < 19 * 4  # some proposals rejected, some accepted
+            assert got.log_w is None and got.log_w_steps is None
+        else:
+            assert torch.equal(got.accepted.cpu(), torch.full((19,), 4))
+            assert got.log_w_steps.shape == (4, 19)
+            assert (got.log_w.cpu() - lw0).abs().max() > 1e-3  # the weights moved from their start
+            torch.testing.assert_close(got.log_w_steps[-1], got.log_w, rtol=0, atol=0)
+        assert torch.equal(x0, _x0(19, d, dtype))  # the inputs are untouched
+
+
+def test_cuda_backend_runs_the_triton_kernel():
+    """There is no CUDA C++ MLP kernel: sample() / Walkers on backend "cuda" get fused_chain_of's
+    runner (for CUDA walkers only), which runs backend "cuda" as "triton". The runner's mapping
+    checked on CPU tensors under the interpreter (the cuda-marked sample / Walkers cases run it
+    on a GPU)."""
+    require("cpu", "triton")
+    e = _mlp(3, 16, 2, "tanh", 1.0, torch.float32)
+    x0 = _x0(16, 3, torch.float32)
+    ws, bs, act, inv_ref = e.mlp_chain_params()
+    assert fused_chain_of(e, x0, "cuda") is None  # CPU walkers never run on "cuda"
+    got = fused_chain_of(e, x0)(x0, 3, 0.3, seed=2, mode="mh", backend="cuda")
+    want = mlp_chain(x0, ws, bs, act, 3, 0.3, inv_ref_var=inv_ref, seed=2, mode="mh", backend="triton")
+    for k in ("x", "energy", "grad", "accepted"):
+        assert torch.equal(getattr(got, k), getattr(want, k)), k

@@ -10,10 +10,10 @@ hold zeros and meet zero means / inverse variances, so they add nothing). Step k
     y = (x - a g) + s xi_k                         xi_k: langevin_step's normals at offset + k
     q_c(y) = log_coef_c - 1/2 sum_j (y_j - means_cj)^2 inv_var_cj
     U(y) = -logsumexp_c q_c(y),  grad U(y) = sum_c softmax(q(y))_c (y - means_c) inv_var_c
-    "ula" (MODE 0):     x <- y
-    "weights" (MODE 1): log_w += (U(x) - U(y)) + sum_j increment_term   (csrc/log_ratio.h); x <- y
-    "mh" (MODE 2):      x <- y where log u < the same increment, u = resample uniform n of
-                        stream (seed, MH_STREAM | ((offset + k) mod 2^62))
+    then "ula" (MODE 0), "weights" (MODE 1) or "mh" (MODE 2): kernels/chain_common.py
+    _chain_transition, which the MLP chain (kernels/mlp_chain.py) shares with this kernel
+    (alpha(x, y) - alpha(y, x) in float64, csrc/log_ratio.h; MALA uniform n of stream
+    (seed, MH_STREAM | ((offset + k) mod 2^62))).
 
 The K components are visited once per step with an online logsumexp (running max, rescaled sum
 and rescaled gradient accumulator), so no [BLOCK_N, K] tile is needed and K is a runtime loop
@@ -36,11 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import MH_STREAM
-from .langevin import _box_muller, _philox4x32_10, _words, f32_halves
-from .resample import _resample_uniforms
-
-MH_STREAM_C = tl.constexpr(MH_STREAM)
+from .chain_common import _chain_scalars, _chain_transition, _step_normals
+from .langevin import _words, f32_halves
 
 # Elements of the walker tile per program on a GPU: 2048 (16 per thread with 4 warps) keeps x,
 # grad, y, grad_y, the gradient accumulator and the noise in registers. Untuned: no GPU has run
@@ -97,17 +94,7 @@ def _mixture_chain_kernel(
     ENERGY: tl.constexpr = 0,   # 0: the Gaussian mixture, 1: the double well (fastlangevin.chain.double_well_chain)
 ):
     ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
-    z64 = tl.zeros([1], dtype=tl.float64)  # (z64 + v) is float64; tl.sum of the 1-tile gives a scalar
-    a64 = tl.sum((z64 + a_hi) + a_lo, axis=0)
-    s64 = tl.sum((z64 + s_hi) + s_lo, axis=0)
-    if FP64:
-        a = a64
-        s = s64
-    else:
-        a = a_hi  # fp32(step): the C++ kernel's static_cast<float>(step)
-        s = s_hi
-    c1 = a64 / (s64 * s64)  # ratio_coef(step, noise_std, 0): csrc/log_ratio.h
-    c2 = 0.5 * a64 * c1
+    a, s, c1, c2 = _chain_scalars(a_hi, a_lo, s_hi, s_lo, FP64)
 
     pid = tl.program_id(0)
     o_n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -134,47 +121,15 @@ def _mixture_chain_kernel(
     o_st = o_n  # int64 offsets of log_w_steps[k] (k * n overflows int32 for large runs)
     for k in range(n_steps):
         off = off0 + k  # wraps mod 2^64 like sample()'s offsets
-        c2w = tl.zeros([BLOCK_N, DP], dtype=tl.uint32) + (off & 0xFFFFFFFF).to(tl.uint32)
-        c3w = tl.zeros([BLOCK_N, DP], dtype=tl.uint32) + (off >> 32).to(tl.uint32)
-        w0, w1, w2, w3 = _philox4x32_10(c0, c1w, c2w, c3w, k0, k1)
-        z0, z1 = _box_muller(w0, w1, FP64)
-        z2, z3 = _box_muller(w2, w3, FP64)
-        xi = tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
+        xi = _step_normals(c0, c1w, lane, off, k0, k1, FP64)
         b_y = tl.where(m_x, (b_x - a * b_g) + s * xi, 0.0).to(ACC)  # langevin_step's order
         if ENERGY == 0:
             u_y, g_y = _mixture_eval(b_y, p_means, p_iv, p_coef, o_d, m_d, d, n_comp, BLOCK_N, DP, ACC)
         else:
             u_y, g_y = _double_well_eval(b_y, p_means, m_d, ACC)
-        if MODE == 0:
-            b_x = b_y
-            b_g = g_y
-            b_u = u_y
-        else:
-            # alpha(x, y) - alpha(y, x): (U(x) - U(y)) + sum_j (y - x)(c1 P) + c2 (g_x - g_y) P,
-            # P = g_x + g_y (csrc/log_ratio.h increment_term without a reference term), float64.
-            x64 = b_x.to(tl.float64)
-            y64 = b_y.to(tl.float64)
-            gx64 = b_g.to(tl.float64)
-            gy64 = g_y.to(tl.float64)
-            pp = gx64 + gy64
-            inc = (b_u.to(tl.float64) - u_y.to(tl.float64)) + \
-                tl.sum((y64 - x64) * (c1 * pp) + c2 * (gx64 - gy64) * pp, axis=1)
-            if MODE == 1:
-                b_lw = b_lw + inc
-                if STEPS:
-                    tl.store(p_steps + o_st, b_lw, mask=m_n)
-                    o_st += n
-                b_x = b_y
-                b_g = g_y
-                b_u = u_y
-            else:
-                mh = MH_STREAM_C | (off & (MH_STREAM_C - 1))
-                u01 = _resample_uniforms(o_n, seed_lo, seed_hi, mh & 0xFFFFFFFF, mh >> 32)
-                take = tl.log(u01) < inc  # NaN ratios reject, as in sample()'s MALA
-                b_x = tl.where(take[:, None], b_y, b_x)
-                b_g = tl.where(take[:, None], g_y, b_g)
-                b_u = tl.where(take, u_y, b_u)
-                b_acc = b_acc + take.to(tl.int64)
+        b_x, b_g, b_u, b_lw, b_acc, o_st = _chain_transition(b_x, b_g, b_u, b_y, g_y, u_y, b_lw, b_acc, o_n, m_n,
+                                                             p_steps, o_st, n, off, c1, c2, seed_lo, seed_hi, MODE,
+                                                             STEPS)
     if MODE != 2:
         b_acc = b_acc + n_steps
     if MODE == 1:

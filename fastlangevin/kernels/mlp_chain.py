@@ -1,18 +1,26 @@
-"""Triton kernel of the fused MLP chain, ULA mode (fastlangevin.chain.mlp_chain, backend "triton").
+"""Triton kernel of the fused MLP chain (fastlangevin.chain.mlp_chain, backend "triton"):
+ULA, Jarzynski weights and MALA, float32 and float64, in one launch.
 
 One program owns BLOCK_N walkers for all n_steps: their x [BLOCK_N, DP], grad and energy stay
-in registers, and each step is the forward pass and the backward pass to the input as tl.dot
-products with the packed, zero-padded weights (read from global memory / L2 every step; Triton
-gives no explicit shared-memory control, the compiler stages dot operands itself). Noise:
-element n * d + j of step k is the normal langevin_step adds at offset + k (Philox counter
+in registers, and each step is the forward pass and the backward pass to the input (_mlp_eval)
+as tl.dot products with the packed, zero-padded weights (read from global memory / L2 every
+step; Triton gives no explicit shared-memory control, the compiler stages dot operands itself).
+The rest of a step is the mixture chain's (kernels/chain_common.py): the proposal
+y = (x - a g) + s xi_k with langevin_step's normals at offset + k (Philox counter
 (n * d + j) // 4, lane (n * d + j) % 4; the four normals of a block are all computed and the
-lane selected, 4x the Philox work of the step kernel, negligible next to the matmuls).
+lane selected, 4x the Philox work of the step kernel, negligible next to the matmuls), then
+mode "ula" (x <- y), "weights" (log_w += alpha(x, y) - alpha(y, x), accumulated in float64,
+log_w after each step stored to log_w_steps when asked) or "mh" (x <- y where log u < that
+ratio, u = resample uniform n of stream (seed, MH_STREAM | ((offset + k) mod 2^62))), exactly
+as the CPU kernel (csrc/cpu/mlp_chain_cpu.cpp) and reference.mlp_chain_ref.
 
 tl.dot runs with input_precision="ieee": the default TF32 on NVIDIA GPUs would cost ~1e-3
-relative error in the gradient. float32 only; the chain state never leaves the program, so
-the weights / MALA modes of the CPU kernel (which need per-walker reductions of both states)
-are left to the C++ kernel for now. Tested under TRITON_INTERPRET=1 against the reference;
-not yet timed on a GPU.
+relative error in the gradient. float64 walkers run float64 dots (Triton lowers them to the
+f64 MMA, mma.sync m8n8k4, on sm_80+, and to numpy under the interpreter); their step size and
+noise std enter as float32 halves (kernels/langevin.py f32_halves), the head bias and
+inv_ref_var in the head buffer in x's dtype. Tested under TRITON_INTERPRET=1 against the
+reference and the CPU kernel, compiled for sm_90 by tests/test_build.py; not yet run or timed
+on a GPU.
 """
 from __future__ import annotations
 
@@ -20,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .langevin import _box_muller, _philox4x32_10, _words
+from .chain_common import _chain_scalars, _chain_transition, _step_normals
+from .langevin import _words, f32_halves
 
 ACTS = ("silu", "softplus", "tanh")
 
@@ -57,14 +66,53 @@ def _back(delta, p_w, o_h, o_k, K: tl.constexpr, HP: tl.constexpr):
     return tl.dot(delta, b_w, input_precision="ieee")
 
 
+@triton.jit
+def _mlp_eval(b_v, p_fwd, p_bwd, p_b, p_head, o_d, o_h, DP: tl.constexpr, HP: tl.constexpr, DEPTH: tl.constexpr,
+              ACT: tl.constexpr):
+    """(U [BLOCK_N], grad U [BLOCK_N, DP]) of the MLP at b_v [BLOCK_N, DP] (padded columns 0).
+    fwd: DEPTH blocks, layer 0 [DP, HP] at 0, layer l >= 1 [HP, HP] at DP*HP + (l-1)*HP*HP
+    (bwd the same sizes, transposed); biases [DEPTH, HP]; head [HP + 2]: the head row, its bias
+    and inv_ref_var (in the walkers' dtype, so float64 walkers get them unrounded)."""
+    # forward
+    h1, d1 = _layer(b_v, p_fwd, p_b, o_d, o_h, DP, HP, ACT)
+    h, dl = h1, d1
+    if DEPTH >= 2:
+        h2, d2 = _layer(h1, p_fwd + DP * HP, p_b + HP, o_h, o_h, HP, HP, ACT)
+        h, dl = h2, d2
+    if DEPTH >= 3:
+        h3, d3 = _layer(h2, p_fwd + DP * HP + HP * HP, p_b + 2 * HP, o_h, o_h, HP, HP, ACT)
+        h, dl = h3, d3
+    if DEPTH >= 4:
+        h4, d4 = _layer(h3, p_fwd + DP * HP + 2 * HP * HP, p_b + 3 * HP, o_h, o_h, HP, HP, ACT)
+        h, dl = h4, d4
+    b_head = tl.load(p_head + o_h)
+    head_bias = tl.load(p_head + HP)
+    inv_ref = tl.load(p_head + HP + 1)
+    b_u = tl.sum(h * b_head[None, :], axis=1) + head_bias + 0.5 * inv_ref * tl.sum(b_v * b_v, axis=1)
+    # backward to the input
+    delta = b_head[None, :] * dl
+    if DEPTH >= 4:
+        delta = _back(delta, p_bwd + DP * HP + 2 * HP * HP, o_h, o_h, HP, HP) * d3
+    if DEPTH >= 3:
+        delta = _back(delta, p_bwd + DP * HP + HP * HP, o_h, o_h, HP, HP) * d2
+    if DEPTH >= 2:
+        delta = _back(delta, p_bwd + DP * HP, o_h, o_h, HP, HP) * d1
+    return b_u, _back(delta, p_bwd, o_h, o_d, DP, HP) + inv_ref * b_v
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "n_steps"])
 def _mlp_chain_kernel(
-    p_x, p_u, p_g,                 # [N, d], [N], [N, d] float32: state, updated in place
-    p_fwd, p_bwd, p_b, p_head,     # packed weights (see mlp_chain_triton)
-    n, d, n_steps, step, noise_std, inv_ref, head_bias,
+    p_x, p_u, p_g,                 # [N, d], [N], [N, d] (x's dtype): state, updated in place
+    p_fwd, p_bwd, p_b, p_head,     # packed weights (x's dtype; see _mlp_eval and pack_weights)
+    p_lw, p_steps, p_acc,          # [N] float64 (MODE 1), [n_steps, N] float64 (STEPS), [N] int64
+    n, d, n_steps,
+    a_hi, a_lo, s_hi, s_lo,        # step size and noise std as float32 halves
     seed_lo, seed_hi, off_lo, off_hi,
     BLOCK_N: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
+    MODE: tl.constexpr, FP64: tl.constexpr, STEPS: tl.constexpr,
 ):
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
+    a, s, c1, c2 = _chain_scalars(a_hi, a_lo, s_hi, s_lo, FP64)
     pid = tl.program_id(0)
     o_n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     o_d = tl.arange(0, DP)
@@ -72,53 +120,38 @@ def _mlp_chain_kernel(
     m_n = o_n < n
     m_x = m_n[:, None] & (o_d[None, :] < d)
     o_x = o_n[:, None] * d + o_d[None, :]
-    b_x = tl.load(p_x + o_x, mask=m_x, other=0.0)
-    b_g = tl.load(p_g + o_x, mask=m_x, other=0.0)
-    b_u = tl.load(p_u + o_n, mask=m_n, other=0.0)
+    b_x = tl.load(p_x + o_x, mask=m_x, other=0)
+    b_g = tl.load(p_g + o_x, mask=m_x, other=0)
+    b_u = tl.load(p_u + o_n, mask=m_n, other=0)
+    b_acc = tl.load(p_acc + o_n, mask=m_n, other=0)
+    if MODE == 1:
+        b_lw = tl.load(p_lw + o_n, mask=m_n, other=0)
+    else:
+        b_lw = tl.zeros([BLOCK_N], dtype=tl.float64)
     blk = o_x // 4
     lane = o_x % 4
     c0 = (blk & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (blk >> 32).to(tl.uint32)
+    c1w = (blk >> 32).to(tl.uint32)
     off0 = off_lo.to(tl.uint64) + (off_hi.to(tl.uint64) << 32)
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
-    # fwd: DEPTH blocks, layer 0 [DP, HP] at 0, layer l >= 1 [HP, HP] at DP*HP + (l-1)*HP*HP
-    # (bwd the same sizes, transposed); biases [DEPTH, HP]; head [HP].
+    o_st = o_n  # int64 offsets of log_w_steps[k]
     for k in range(n_steps):
         off = off0 + k  # wraps mod 2^64 like sample()'s offsets
-        c2 = tl.zeros([BLOCK_N, DP], dtype=tl.uint32) + (off & 0xFFFFFFFF).to(tl.uint32)
-        c3 = tl.zeros([BLOCK_N, DP], dtype=tl.uint32) + (off >> 32).to(tl.uint32)
-        w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, c3, k0, k1)
-        z0, z1 = _box_muller(w0, w1, False)
-        z2, z3 = _box_muller(w2, w3, False)
-        xi = tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
-        b_x = tl.where(m_x, (b_x - step * b_g) + noise_std * xi, 0.0)  # langevin_step's order
-        # forward
-        h1, d1 = _layer(b_x, p_fwd, p_b, o_d, o_h, DP, HP, ACT)
-        h, dl = h1, d1
-        if DEPTH >= 2:
-            h2, d2 = _layer(h1, p_fwd + DP * HP, p_b + HP, o_h, o_h, HP, HP, ACT)
-            h, dl = h2, d2
-        if DEPTH >= 3:
-            h3, d3 = _layer(h2, p_fwd + DP * HP + HP * HP, p_b + 2 * HP, o_h, o_h, HP, HP, ACT)
-            h, dl = h3, d3
-        if DEPTH >= 4:
-            h4, d4 = _layer(h3, p_fwd + DP * HP + 2 * HP * HP, p_b + 3 * HP, o_h, o_h, HP, HP, ACT)
-            h, dl = h4, d4
-        b_head = tl.load(p_head + o_h)
-        b_u = tl.sum(h * b_head[None, :], axis=1) + head_bias + 0.5 * inv_ref * tl.sum(b_x * b_x, axis=1)
-        # backward to the input
-        delta = b_head[None, :] * dl
-        if DEPTH >= 4:
-            delta = _back(delta, p_bwd + DP * HP + 2 * HP * HP, o_h, o_h, HP, HP) * d3
-        if DEPTH >= 3:
-            delta = _back(delta, p_bwd + DP * HP + HP * HP, o_h, o_h, HP, HP) * d2
-        if DEPTH >= 2:
-            delta = _back(delta, p_bwd + DP * HP, o_h, o_h, HP, HP) * d1
-        b_g = _back(delta, p_bwd, o_h, o_d, DP, HP) + inv_ref * b_x
+        xi = _step_normals(c0, c1w, lane, off, k0, k1, FP64)
+        b_y = tl.where(m_x, (b_x - a * b_g) + s * xi, 0.0).to(ACC)  # langevin_step's order
+        u_y, g_y = _mlp_eval(b_y, p_fwd, p_bwd, p_b, p_head, o_d, o_h, DP, HP, DEPTH, ACT)
+        b_x, b_g, b_u, b_lw, b_acc, o_st = _chain_transition(b_x, b_g, b_u, b_y, g_y, u_y, b_lw, b_acc, o_n, m_n,
+                                                             p_steps, o_st, n, off, c1, c2, seed_lo, seed_hi, MODE,
+                                                             STEPS)
+    if MODE != 2:
+        b_acc = b_acc + n_steps
+    if MODE == 1:
+        tl.store(p_lw + o_n, b_lw, mask=m_n)
     tl.store(p_x + o_x, b_x, mask=m_x)
     tl.store(p_g + o_x, b_g, mask=m_x)
     tl.store(p_u + o_n, b_u, mask=m_n)
+    tl.store(p_acc + o_n, b_acc, mask=m_n)
 
 
 def _pow2(v: int) -> int:
@@ -126,39 +159,49 @@ def _pow2(v: int) -> int:
 
 
 def pack_weights(weights, biases, dp: int, hp: int):
-    """(fwd, bwd, bias, head, head_bias) flat float32 buffers, zero-padded to dp / hp."""
+    """(fwd, bwd, bias, head) flat buffers in weights' dtype, zero-padded to dp / hp; head
+    holds [hp] head weights, then the head bias (inv_ref_var's slot is left for the launcher)."""
     depth = len(weights) - 1
-    dev = weights[0].device
+    dev, dt = weights[0].device, weights[0].dtype
     fwd, bwd = [], []
     for i, w in enumerate(weights[:-1]):
         ip = dp if i == 0 else hp
-        wt = torch.zeros(ip, hp, dtype=torch.float32, device=dev)
+        wt = torch.zeros(ip, hp, dtype=dt, device=dev)
         wt[: w.shape[1], : w.shape[0]] = w.t()
         fwd.append(wt.reshape(-1))
-        wb = torch.zeros(hp, ip, dtype=torch.float32, device=dev)
+        wb = torch.zeros(hp, ip, dtype=dt, device=dev)
         wb[: w.shape[0], : w.shape[1]] = w
         bwd.append(wb.reshape(-1))
-    bias = torch.zeros(depth, hp, dtype=torch.float32, device=dev)
+    bias = torch.zeros(depth, hp, dtype=dt, device=dev)
     for i, b in enumerate(biases[:-1]):
         bias[i, : b.shape[0]] = b
-    head = torch.zeros(hp, dtype=torch.float32, device=dev)
+    head = torch.zeros(hp + 2, dtype=dt, device=dev)
     head[: weights[-1].shape[1]] = weights[-1][0]
-    return torch.cat(fwd), torch.cat(bwd), bias.reshape(-1), head, float(biases[-1][0])
+    head[hp] = biases[-1][0]
+    return torch.cat(fwd), torch.cat(bwd), bias.reshape(-1), head
 
 
 def mlp_chain_triton(x, energy, grad, weights, biases, act: str, inv_ref_var: float, n_steps: int, step: float,
-                     noise_std: float, seed: int, offset: int, block_n: int = 16) -> None:
-    """n_steps ULA steps in place on x [N, d], energy [N], grad [N, d] (float32, contiguous);
-    weights / biases as fastlangevin.chain.mlp_chain's (float32)."""
+                     noise_std: float, seed: int, offset: int, mode: int, log_w, log_w_steps, accepted,
+                     block_n: int = 16) -> None:
+    """Launcher; arguments as in the C++ schema fastlangevin::mlp_chain (x [N, d], energy [N],
+    grad [N, d], updated in place, float32 or float64, contiguous; weights / biases as
+    fastlangevin.chain.mlp_chain's, in x's dtype; act a name of ACTS; mode 0 ULA, 1 weights,
+    2 MALA; log_w float64 [N] for mode 1; log_w_steps float64 [n_steps, N] or None; accepted
+    int64 [N], incremented)."""
     n, d = x.shape
     if n == 0 or n_steps == 0:
         return
     dp, hp = _pow2(d), _pow2(weights[0].shape[0])
-    fwd, bwd, bias, head, head_bias = pack_weights(weights, biases, dp, hp)
+    fwd, bwd, bias, head = pack_weights(weights, biases, dp, hp)
+    head[hp + 1] = inv_ref_var
     s_lo, s_hi = _words(seed)
     o_lo, o_hi = _words(offset)
+    lw = log_w if log_w is not None else accepted  # never read unless MODE == 1 / STEPS
+    steps = log_w_steps if log_w_steps is not None else accepted
     _mlp_chain_kernel[(triton.cdiv(n, block_n),)](
-        x, energy, grad, fwd, bwd, bias, head, n, d, n_steps, float(step), float(noise_std), float(inv_ref_var),
-        head_bias, s_lo, s_hi, o_lo, o_hi,
-        BLOCK_N=block_n, DP=dp, HP=hp, DEPTH=len(weights) - 1, ACT=ACTS.index(act),
+        x, energy, grad, fwd, bwd, bias, head, lw, steps, accepted, n, d, n_steps, *f32_halves(step),
+        *f32_halves(noise_std), s_lo, s_hi, o_lo, o_hi,
+        BLOCK_N=block_n, DP=dp, HP=hp, DEPTH=len(weights) - 1, ACT=ACTS.index(act), MODE=int(mode),
+        FP64=x.dtype == torch.float64, STEPS=log_w_steps is not None and int(mode) == 1,
     )
