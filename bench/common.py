@@ -55,14 +55,16 @@ def _git(*args: str) -> Optional[str]:
 
 def git_commit() -> Optional[str]:
     """Short HEAD hash, with "-dirty" when the work tree has changes (untracked files count:
-    a new kernel file not yet added changes what runs); None outside a git checkout.
+    a new kernel file not yet added changes what runs). Outside a git checkout:
+    $FASTLANGEVIN_COMMIT if set (.ci/gpu sets it from the tree it was sent), else None.
 
     bench/results/ is left out of the check: the JSON files a run writes there are not code,
     and counting them would mark every run after the first as dirty.
     """
     head = _git("rev-parse", "--short", "HEAD")
     if not head:
-        return None
+        # A copy of the tree without .git (the GPU machine of .ci/gpu): the caller names it.
+        return os.environ.get("FASTLANGEVIN_COMMIT") or None
     status = _git("status", "--porcelain", "--", ".", ":(exclude)bench/results")
     dirty = status is not None and status.strip() != ""
     return head.strip() + ("-dirty" if dirty else "")
