@@ -91,6 +91,28 @@ FL_HD void normals4_f32(const Words4& w, float z[4]) {
   }
 }
 
+// log(m 2^e) from x = m - 1, m in [sqrt(1/2), sqrt(2)), and fe = e: the rational part of
+// log_unit_f64 below, on a double or on a GCC vector of doubles (the chain's softmax).
+template <typename F>
+FL_HD F log_parts_f64(F x, F fe) {
+  const F z = x * x;
+  F p = F{} + 1.01875663804580931796e-4;
+  p = p * x + 4.97494994976747001425e-1;
+  p = p * x + 4.70579119878881725854e0;
+  p = p * x + 1.44989225341610930846e1;
+  p = p * x + 1.79368678507819816313e1;
+  p = p * x + 7.70838733755885391666e0;
+  F q = x + 1.12873587189167450590e1;
+  q = q * x + 4.52279145837532221105e1;
+  q = q * x + 8.29875266912776603211e1;
+  q = q * x + 7.11544750618563894466e1;
+  q = q * x + 2.31251620126765340583e1;
+  F y = x * (z * p / q);
+  y -= fe * 2.121944400546905827679e-4;  // ln 2 = 0.693359375 (exact) - 2.1219444005469058e-4
+  y -= 0.5 * z;
+  return (x + y) + fe * 0.693359375;
+}
+
 // Natural log for normal doubles u in (0, 1], the float64 twin of log_unit_f32: the same
 // select-free split u = m 2^e, m in [sqrt(1/2), sqrt(2)), and Cephes' rational approximation
 // log(1 + x) = x - x^2/2 + x^3 P(x)/Q(x) (Moshier's log.c, peak error 1.4e-16 relative on
@@ -102,23 +124,7 @@ FL_HD double log_unit_f64(double u) {
   const uint64_t b = bits_as<uint64_t>(u) + (0x3ff0000000000000ull - kSqrtHalf);
   const double fe = bits_as<double>((b >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
   const double m = bits_as<double>((b & 0x000fffffffffffffull) + kSqrtHalf);
-  const double x = m - 1.0;
-  const double z = x * x;
-  double p = 1.01875663804580931796e-4;
-  p = p * x + 4.97494994976747001425e-1;
-  p = p * x + 4.70579119878881725854e0;
-  p = p * x + 1.44989225341610930846e1;
-  p = p * x + 1.79368678507819816313e1;
-  p = p * x + 7.70838733755885391666e0;
-  double q = x + 1.12873587189167450590e1;
-  q = q * x + 4.52279145837532221105e1;
-  q = q * x + 8.29875266912776603211e1;
-  q = q * x + 7.11544750618563894466e1;
-  q = q * x + 2.31251620126765340583e1;
-  double y = x * (z * p / q);
-  y -= fe * 2.121944400546905827679e-4;  // ln 2 = 0.693359375 (exact) - 2.1219444005469058e-4
-  y -= 0.5 * z;
-  return (x + y) + fe * 0.693359375;
+  return log_parts_f64(m - 1.0, fe);
 }
 
 // sin(2 pi t), cos(2 pi t) for doubles t in [0, 1): the float64 twin of sincos_2pi_f32 (reduce

@@ -21,8 +21,10 @@
 // box, single thread, Carbone GMM (N = 10^4, d = 50, K = 2), ms/step, old -> blocked:
 //   float32 ULA 1.50 -> 0.73, weights 1.9 -> 1.03, MALA 2.07 -> 1.24
 //   (normals alone ~0.43 of each); float64 ULA / weights / MALA ~9.7 / 10.1 / 10.4 -> ~9.4 /
-//   9.7 / 10.0, a few %, near the run-to-run noise of the shared box (its libm Box-Muller
-//   dominates; the softmax stays libm exp / log per walker, no double polynomial written).
+//   9.7 / 10.0, a few %, while libm's scalar Box-Muller still dominated float64. With the
+//   vectorised float64 normals since (csrc/normal.h) float64 ULA is ~1.6 ms/step; the
+//   softmax's exp / log on float64 vectors (exp_vf64 / log_vf64 below, instead of libm per
+//   walker) took it from 1.60 to 1.54 (medians of 7, three interleaved runs each).
 // Tried and dropped: tiles of 4096 / 6400 elements (same within noise); increment_term with the
 // zero reference term folded out (weights / MALA ~0.03 ms/step faster, noise-level).
 // The weights / MALA ratio (increment_term, float64) is summed per lane over j, a different
@@ -156,6 +158,57 @@ FL_HD Vec<float>::type log_vf32(Vec<float>::type u) {
   return log_parts_f32(m - 1.0f, __builtin_convertvector(e, Vec<float>::type));
 }
 
+// e^x and log x on float64 vectors, for the same softmax. exp: x = n ln 2 + r, n = round(x /
+// ln 2) by the 1.5 * 2^52 trick (so n also sits in the low mantissa bits: no double-to-int64
+// conversion, which AVX2 lacks), ln 2 split in two (Cephes' C1 + C2; n C1 is exact), e^r by its
+// Taylor series to r^13 (|r| <= ln 2 / 2: truncation 4e-18 relative), 2^n through the exponent
+// bits with n clamped to >= -1022; below -708.39 (2^-1022) the caller selects 0, as the float32
+// path does below -87.3. Measured against long double (AVX2 + FMA build) over 4 x 10^6 points
+// of [-708, 0]: 0.87 ulp; log over [1, 2]: 0.90 ulp. log: log_unit_f64's split and rational
+// (csrc/normal.h), valid for every normal double (here the normaliser sum in [1, K]).
+FL_HD Vec<double>::type exp_vf64(Vec<double>::type x) {
+  typedef int64_t I __attribute__((vector_size(32)));
+  using V = Vec<double>::type;
+  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+  const V big = x * 1.4426950408889634074 + kRound;
+  const V n = big - kRound;
+  const V r = (x - n * 6.93145751953125e-1) - n * 1.42860682030941723212e-6;
+  V p = V{} + 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  I ni = reinterpret_cast<I>(big) - reinterpret_cast<I>(V{} + kRound);
+  ni = ni < -1022 ? -1022 : ni;
+  return p * reinterpret_cast<V>((ni + 1023) << 52);
+}
+FL_HD Vec<double>::type log_vf64(Vec<double>::type u) {
+  typedef uint64_t U __attribute__((vector_size(32)));
+  using V = Vec<double>::type;
+  constexpr uint64_t kSqrtHalf = 0x3fe6a09e667f3bcdull;
+  const U b = reinterpret_cast<U>(u) + (0x3ff0000000000000ull - kSqrtHalf);
+  const V fe = reinterpret_cast<V>((b >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
+  const V m = reinterpret_cast<V>((b & 0x000fffffffffffffull) + kSqrtHalf);
+  return log_parts_f64(m - 1.0, fe);
+}
+
+FL_HD Vec<float>::type exp_v(Vec<float>::type x) { return exp_vf32(x); }
+FL_HD Vec<double>::type exp_v(Vec<double>::type x) { return exp_vf64(x); }
+FL_HD Vec<float>::type log_v(Vec<float>::type x) { return log_vf32(x); }
+FL_HD Vec<double>::type log_v(Vec<double>::type x) { return log_vf64(x); }
+// Where exp_v stops being exact (its 2^n clamp): e^t is taken as 0 below this.
+template <typename T>
+constexpr T kExpFloor = std::is_same_v<T, float> ? T(-87.33654) : T(-708.3964185322641);
+
 // The Gaussian mixture: means, iv [K, d], coef [K].
 template <typename T>
 struct MixtureEnergy {
@@ -195,39 +248,24 @@ struct MixtureEnergy {
       }
     }
     // softmax over k, lane by lane: r_k = e^(q_k - max q) / sum, U = -(max q + log sum)
-    if constexpr (std::is_same_v<T, float>) {
-      FL_UNROLL
-      for (int n = 0; n < NV; ++n) {
-        V qmax = -std::numeric_limits<T>::infinity() + V{};
-        for (int64_t k = 0; k < K; ++k) {
-          const V qk = vload(q + k * L + n * W);
-          qmax = qk > qmax ? qk : qmax;
-        }
-        V sum = {};
-        for (int64_t k = 0; k < K; ++k) {
-          const V t = vload(q + k * L + n * W) - qmax;
-          V e = exp_vf32(t);
-          e = t < -87.33654f ? V{} : e;  // e^t below float32's normal range (and -inf) -> 0
-          vstore(q + k * L + n * W, e);
-          sum += e;
-        }
-        const V inv = 1.0f / sum;
-        for (int64_t k = 0; k < K; ++k) vstore(q + k * L + n * W, vload(q + k * L + n * W) * inv);
-        vstore(u + n * W, -(qmax + log_vf32(sum)));
+    FL_UNROLL
+    for (int n = 0; n < NV; ++n) {
+      V qmax = -std::numeric_limits<T>::infinity() + V{};
+      for (int64_t k = 0; k < K; ++k) {
+        const V qk = vload(q + k * L + n * W);
+        qmax = qk > qmax ? qk : qmax;
       }
-    } else {  // float64: libm per walker, as before
-      for (int64_t l = 0; l < L; ++l) {
-        T qmax = -std::numeric_limits<T>::infinity();
-        for (int64_t k = 0; k < K; ++k) qmax = q[k * L + l] > qmax ? q[k * L + l] : qmax;
-        T sum = 0;
-        for (int64_t k = 0; k < K; ++k) {
-          q[k * L + l] = std::exp(q[k * L + l] - qmax);
-          sum += q[k * L + l];
-        }
-        const T inv = T(1) / sum;
-        for (int64_t k = 0; k < K; ++k) q[k * L + l] *= inv;
-        u[l] = -(qmax + std::log(sum));
+      V sum = {};
+      for (int64_t k = 0; k < K; ++k) {
+        const V t = vload(q + k * L + n * W) - qmax;
+        V e = exp_v(t);
+        e = t < kExpFloor<T> ? V{} : e;  // e^t below the normal range (and -inf) -> 0
+        vstore(q + k * L + n * W, e);
+        sum += e;
       }
+      const V inv = T(1) / sum;
+      for (int64_t k = 0; k < K; ++k) vstore(q + k * L + n * W, vload(q + k * L + n * W) * inv);
+      vstore(u + n * W, -(qmax + log_v(sum)));
     }
     // g_j = sum_k r_k (v_j - m_kj) iv_kj
     for (int64_t j = 0; j < d; ++j) {
