@@ -50,6 +50,24 @@ FL_HD F log_parts_f32(F x, F fe) {
   return (x + y) + 0.693359375f * fe;
 }
 
+// e^x = 2^n e^r for float32 (Cephes expf): n = round(x log2 e) by magic-number rounding (exact
+// for |x| < 2.9e6), r = x - n ln 2 with ln 2 in two parts, e^r by a degree-5 polynomial.
+// Returns e^r and n (as a float); the caller scales by 2^n through the exponent bits, its own
+// way for floats (csrc/cpu/mlp_chain_cpu.cpp exp_f32) and for GCC vectors of floats
+// (csrc/cpu/chain_cpu.cpp exp_vf32).
+template <typename F>
+FL_HD F exp_parts_f32(F x, F& n) {
+  n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const F r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  F p = F{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
+
 // Natural log for normal floats u in (0, 1] (Box-Muller's radius uniform).
 FL_HD float log_unit_f32(float u) {
   // u = m 2^e with m in [sqrt(1/2), sqrt(2)), found with integer arithmetic only (shifting the

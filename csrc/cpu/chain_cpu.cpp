@@ -135,15 +135,8 @@ FL_HD void transpose(Vec<double>::type (&a)[4]) {
 // normal float).
 FL_HD Vec<float>::type exp_vf32(Vec<float>::type x) {
   typedef int32_t I __attribute__((vector_size(32)));
-  const Vec<float>::type n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const Vec<float>::type r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  Vec<float>::type p = 1.9875691500e-4f + Vec<float>::type{};
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const Vec<float>::type y = p * r * r + r + 1.0f;
+  Vec<float>::type n;
+  const Vec<float>::type y = exp_parts_f32(x, n);
   I ni = __builtin_convertvector(n, I);
   ni = ni < -126 ? -126 : ni;
   ni = ni > 127 ? 127 : ni;

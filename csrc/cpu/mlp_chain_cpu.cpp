@@ -61,15 +61,8 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // the activation loop stayed scalar, 37% of the chain). The magic-number rounding is exact for
 // |x| < 2.9e6, far beyond any pre-activation that matters.
 FL_HD float exp_f32(float x) {
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
+  float n;
+  const float y = exp_parts_f32(x, n);
   int32_t ni = static_cast<int32_t>(n);
   ni = ni < -126 ? -126 : ni;
   ni = ni > 127 ? 127 : ni;
