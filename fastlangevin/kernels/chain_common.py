@@ -48,6 +48,36 @@ def _chain_scalars(a_hi, a_lo, s_hi, s_lo, FP64: tl.constexpr):
 
 
 @triton.jit
+def _chain_state(p_x, p_g, p_u, p_acc, p_lw, n, d, seed_lo, seed_hi, off_lo, off_hi,
+                 BLOCK_N: tl.constexpr, DP: tl.constexpr, MODE: tl.constexpr):
+    """A program's rows (BLOCK_N walkers from program_id * BLOCK_N, d padded to DP): their
+    offsets and masks, their state (x, grad [BLOCK_N, DP]; energy, accepted, log_w [BLOCK_N]:
+    log_w is read in MODE 1 only), and what _step_normals needs for every element: its Philox
+    block's two counter words, its lane, the stream's first offset and its key words."""
+    pid = tl.program_id(0)
+    o_n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    o_d = tl.arange(0, DP)
+    m_n = o_n < n
+    m_d = o_d < d
+    m_x = m_n[:, None] & m_d[None, :]
+    o_x = o_n[:, None] * d + o_d[None, :]
+    b_x = tl.load(p_x + o_x, mask=m_x, other=0)
+    b_g = tl.load(p_g + o_x, mask=m_x, other=0)
+    b_u = tl.load(p_u + o_n, mask=m_n, other=0)
+    b_acc = tl.load(p_acc + o_n, mask=m_n, other=0)
+    if MODE == 1:
+        b_lw = tl.load(p_lw + o_n, mask=m_n, other=0)
+    else:
+        b_lw = tl.zeros([BLOCK_N], dtype=tl.float64)
+    blk = o_x // 4
+    c0 = (blk & 0xFFFFFFFF).to(tl.uint32)
+    c1w = (blk >> 32).to(tl.uint32)
+    off0 = off_lo.to(tl.uint64) + (off_hi.to(tl.uint64) << 32)
+    return (o_n, o_d, m_n, m_d, m_x, o_x, b_x, b_g, b_u, b_acc, b_lw, c0, c1w, o_x % 4, off0,
+            seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+
+
+@triton.jit
 def _step_normals(c0, c1, lane, off, k0, k1, FP64: tl.constexpr):
     """langevin_step's normals of stream (seed = (k0, k1), offset off) for the elements whose
     Philox block is (c0, c1) and lane is ``lane`` (tiles of any shape): each element computes

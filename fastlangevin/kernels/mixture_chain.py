@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chain_common import _chain_scalars, _chain_transition, _step_normals
+from .chain_common import _chain_scalars, _chain_state, _chain_transition, _step_normals
 from .langevin import _words, f32_halves
 
 # Elements of the walker tile per program on a GPU: 2048 (16 per thread with 4 warps) keeps x,
@@ -96,28 +96,8 @@ def _mixture_chain_kernel(
     ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
     a, s, c1, c2 = _chain_scalars(a_hi, a_lo, s_hi, s_lo, FP64)
 
-    pid = tl.program_id(0)
-    o_n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    o_d = tl.arange(0, DP)
-    m_n = o_n < n
-    m_d = o_d < d
-    m_x = m_n[:, None] & m_d[None, :]
-    o_x = o_n[:, None] * d + o_d[None, :]
-    b_x = tl.load(p_x + o_x, mask=m_x, other=0)
-    b_g = tl.load(p_g + o_x, mask=m_x, other=0)
-    b_u = tl.load(p_u + o_n, mask=m_n, other=0)
-    b_acc = tl.load(p_acc + o_n, mask=m_n, other=0)
-    if MODE == 1:
-        b_lw = tl.load(p_lw + o_n, mask=m_n, other=0)
-    else:
-        b_lw = tl.zeros([BLOCK_N], dtype=tl.float64)
-    blk = o_x // 4
-    lane = o_x % 4
-    c0 = (blk & 0xFFFFFFFF).to(tl.uint32)
-    c1w = (blk >> 32).to(tl.uint32)
-    off0 = off_lo.to(tl.uint64) + (off_hi.to(tl.uint64) << 32)
-    k0 = seed_lo.to(tl.uint32)
-    k1 = seed_hi.to(tl.uint32)
+    (o_n, o_d, m_n, m_d, m_x, o_x, b_x, b_g, b_u, b_acc, b_lw, c0, c1w, lane, off0, k0, k1) = _chain_state(
+        p_x, p_g, p_u, p_acc, p_lw, n, d, seed_lo, seed_hi, off_lo, off_hi, BLOCK_N, DP, MODE)
     o_st = o_n  # int64 offsets of log_w_steps[k] (k * n overflows int32 for large runs)
     for k in range(n_steps):
         off = off0 + k  # wraps mod 2^64 like sample()'s offsets
