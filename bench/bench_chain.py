@@ -171,24 +171,9 @@ def run(
                        note="one mixture_chain call, MALA"),
         ]
         rows += measure_rows(cands, size, dev, verbose)
-    return {
-        "name": NAME + ("-quick" if quick else ""),
-        "env": env,
-        "config": {
-            "device": str(dev),
-            "quick": quick,
-            "dtype": str(DTYPE),
-            "step_size": STEP_SIZE,
-            "noise_std": NOISE_STD,
-            "energy": "Carbone et al. GMM: modes -10 e1, 6 e1, masses 1/4, 3/4, unit variance",
-            "sizes": [list(s) for s in sizes],
-            "timing": settings,
-            "timer": common.timer_note(dev),
-        },
-        "backends": fastlangevin.backends(),
-        "not_run": not_run,
-        "rows": rows,
-    }
+    return common.payload(NAME, dev, quick, env=env, sizes=sizes, settings=settings, rows=rows, not_run=not_run,
+                          dtype=str(DTYPE), step_size=STEP_SIZE, noise_std=NOISE_STD,
+                          energy="Carbone et al. GMM: modes -10 e1, 6 e1, masses 1/4, 3/4, unit variance")
 
 
 def report(payload: dict[str, Any], file=None) -> str:

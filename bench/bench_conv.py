@@ -135,25 +135,10 @@ def run(
             r["overhead_pct"] = (100.0 * (r["time_s"] - net_t) / r["time_s"]
                                  if r["method"] in SAMPLERS and r["time_s"] and net_t else None)
         rows += size_rows
-    return {
-        "name": NAME + ("-quick" if quick else ""),
-        "env": env,
-        "config": {
-            "device": str(dev),
-            "quick": quick,
-            "dtype": str(DTYPE),
-            "step_size": STEP_SIZE,
-            "noise_std": NOISE_STD,
-            "energy": f"models.NijkampEBM(nf={nf}, in_ch={IMAGE[0]}), torch.manual_seed(0) init",
-            "image": list(IMAGE),
-            "sizes": [list(s) for s in sizes],
-            "timing": settings,
-            "timer": common.timer_note(dev),
-        },
-        "backends": fastlangevin.backends(),
-        "not_run": {},
-        "rows": rows,
-    }
+    return common.payload(NAME, dev, quick, env=env, sizes=sizes, settings=settings, rows=rows, not_run={},
+                          dtype=str(DTYPE), step_size=STEP_SIZE, noise_std=NOISE_STD,
+                          energy=f"models.NijkampEBM(nf={nf}, in_ch={IMAGE[0]}), torch.manual_seed(0) init",
+                          image=list(IMAGE))
 
 
 def report(payload: dict[str, Any], file=None) -> str:

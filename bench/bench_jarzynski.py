@@ -193,28 +193,11 @@ def run(
                 print(f"  {row['size']:>12}  {method:<10} weighted/step {r}  {row['note']}", file=sys.stderr, flush=True)
         del x, g, g_new, y, cands
 
-    return {
-        "name": NAME + ("-quick" if quick else ""),
-        "env": env,
-        "config": {
-            "device": str(dev),
-            "quick": quick,
-            "dtype": str(DTYPE),
-            "step_size": a,
-            "noise_std": s,
-            "increment_bytes_per_element": INCREMENT_BYTES_PER_ELEMENT,
-            "target_ratio": TARGET_RATIO,
-            "sizes": [list(v) for v in sizes],
-            "backend_order": list(BACKEND_ORDER),
-            "timing": settings,
-            "reference_timing": slow_settings,
-            "reference_sizes": [list(sizes[0])],
-            "timer": common.timer_note(dev),
-        },
-        "backends": fastlangevin.backends(),
-        "not_run": not_run,
-        "rows": rows,
-    }
+    return common.payload(NAME, dev, quick, env=env, sizes=sizes, settings=settings, rows=rows, not_run=not_run,
+                          dtype=str(DTYPE), step_size=a, noise_std=s,
+                          increment_bytes_per_element=INCREMENT_BYTES_PER_ELEMENT, target_ratio=TARGET_RATIO,
+                          backend_order=list(BACKEND_ORDER), reference_timing=slow_settings,
+                          reference_sizes=[list(sizes[0])])
 
 
 def report(payload: dict[str, Any], file=None) -> str:

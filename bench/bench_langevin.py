@@ -277,27 +277,10 @@ def run(
             emit(r)
         del x, g, out, cands
 
-    return {
-        "name": NAME + ("-quick" if quick else ""),
-        "env": env,
-        "config": {
-            "device": str(dev),
-            "quick": quick,
-            "dtype": str(DTYPE),
-            "step_size": STEP_SIZE,
-            "noise_std": NOISE_STD,
-            "bytes_per_element": BYTES_PER_ELEMENT,
-            "sizes": [list(s) for s in sizes],
-            "peak_gbps": peak_gbps,
-            "timing": settings,
-            "reference_timing": slow_settings,
-            "reference_max_numel": REFERENCE_MAX_NUMEL,
-            "timer": common.timer_note(dev),
-        },
-        "backends": fastlangevin.backends(),
-        "not_run": not_run,
-        "rows": rows,
-    }
+    return common.payload(NAME, dev, quick, env=env, sizes=sizes, settings=settings, rows=rows, not_run=not_run,
+                          dtype=str(DTYPE), step_size=STEP_SIZE, noise_std=NOISE_STD,
+                          bytes_per_element=BYTES_PER_ELEMENT, peak_gbps=peak_gbps, reference_timing=slow_settings,
+                          reference_max_numel=REFERENCE_MAX_NUMEL)
 
 
 def columns(payload: dict[str, Any]) -> list:

@@ -166,27 +166,12 @@ def run(
         for r in size_rows:  # the best any method could do: every FLOP at the sgemm rate
             r["ceiling_vs_eager"] = eager_t / (work / (peak * 1e9)) if eager_t else None
         rows += size_rows
-    return {
-        "name": NAME + ("-quick" if quick else ""),
-        "env": env,
-        "config": {
-            "device": str(dev),
-            "quick": quick,
-            "dtype": str(DTYPE),
-            "step_size": STEP_SIZE,
-            "noise_std": NOISE_STD,
-            "energy": f"MLPEnergy(d, hidden={HIDDEN}, depth={DEPTH}, act={ACT!r}), torch.manual_seed(0) init",
-            "sizes": [list(s) for s in sizes],
-            "flops": "2 x 2 x (d H + (depth - 1) H^2 + H) per walker-step (forward + backward to the input)",
-            "sgemm_gflops": peak,
-            "sgemm": f"torch.mm of two [{512 if quick else 2048}]^2 float32 matrices, median of 5, same run",
-            "timing": settings,
-            "timer": common.timer_note(dev),
-        },
-        "backends": fastlangevin.backends(),
-        "not_run": not_run,
-        "rows": rows,
-    }
+    return common.payload(NAME, dev, quick, env=env, sizes=sizes, settings=settings, rows=rows, not_run=not_run,
+                          dtype=str(DTYPE), step_size=STEP_SIZE, noise_std=NOISE_STD,
+                          energy=f"MLPEnergy(d, hidden={HIDDEN}, depth={DEPTH}, act={ACT!r}), torch.manual_seed(0) init",
+                          flops="2 x 2 x (d H + (depth - 1) H^2 + H) per walker-step (forward + backward to the input)",
+                          sgemm_gflops=peak,
+                          sgemm=f"torch.mm of two [{512 if quick else 2048}]^2 float32 matrices, median of 5, same run")
 
 
 def report(payload: dict[str, Any], file=None) -> str:

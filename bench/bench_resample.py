@@ -35,7 +35,6 @@ except ImportError:  # run as a file: `python bench/bench_resample.py`
     from bench.baselines import compiled_candidate
     from bench.bench_langevin import FULL, QUICK, SLOW, _Candidate, _measure_interleaved, backend_plan
 
-import fastlangevin  # noqa: F401  (backends())
 from fastlangevin import reference
 from fastlangevin import resampling as rs
 
@@ -167,23 +166,9 @@ def run(
                 print(f"  {n:>8}  {scheme:<17} {method:<17} {t}  {r['note']}", file=sys.stderr, flush=True)
         del lw, cands
 
-    return {
-        "name": NAME + ("-quick" if quick else ""),
-        "env": env,
-        "config": {
-            "device": str(dev),
-            "quick": quick,
-            "dtype": "torch.float32",
-            "sizes": sizes,
-            "schemes": list(SCHEMES),
-            "timing": settings,
-            "reference_timing": slow_settings,
-            "timer": common.timer_note(dev),
-        },
-        "backends": fastlangevin.backends(),
-        "not_run": not_run,
-        "rows": rows,
-    }
+    return common.payload(NAME, dev, quick, env=env, sizes=sizes, settings=settings, rows=rows,
+                          not_run=not_run, dtype="torch.float32", schemes=list(SCHEMES),
+                          reference_timing=slow_settings)
 
 
 def report(payload: dict[str, Any], file=None) -> str:

@@ -1,6 +1,7 @@
 """Shared helpers for the benchmark modules: environment record, timer, JSON results, tables.
 
-Nothing here imports fastlangevin; the helpers only need torch (and git, optionally).
+Nothing here imports fastlangevin at module level (payload() asks it for its backends); the
+helpers only need torch (and git, optionally).
 """
 from __future__ import annotations
 
@@ -414,3 +415,22 @@ def plot_ratios(payloads: Sequence[dict[str, Any]], path: Union[str, Path], env:
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def payload(name: str, dev: torch.device, quick: bool, *, env: dict[str, Any], sizes, settings: dict,
+            rows: list, not_run: dict[str, str], **config: Any) -> dict[str, Any]:
+    """The results payload every bench module's run() returns: name (+ "-quick"), env, config
+    (device, quick, the module's own entries in order, sizes, timing, timer), the
+    fastlangevin backends, not_run and rows."""
+    import fastlangevin
+
+    return {
+        "name": name + ("-quick" if quick else ""),
+        "env": env,
+        "config": {"device": str(dev), "quick": quick, **config,
+                   "sizes": [list(s) if isinstance(s, (list, tuple)) else s for s in sizes],
+                   "timing": settings, "timer": timer_note(dev)},
+        "backends": fastlangevin.backends(),
+        "not_run": not_run,
+        "rows": rows,
+    }
