@@ -40,6 +40,7 @@ except ImportError:  # run as a file: `python bench/bench_chain.py`
     from bench.bench_langevin import _Candidate, _measure_interleaved
 
 import fastlangevin
+from fastlangevin.chain import StepByStep
 from fastlangevin.energies import GaussianMixture
 
 NAME = "chain"
@@ -77,20 +78,6 @@ def gmm_energy(x: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> torch.Tenso
     """The papers' energy written in torch ops: x [N, d], means a [K, d], z [K] (-log weights)
     -> U [N] = -logsumexp_i(-|x - a_i|^2 / 2 - z_i)."""
     return -torch.logsumexp(-0.5 * ((x[:, None, :] - a) ** 2).sum(-1) - z, dim=1)
-
-
-class _ClosedFormOnly(torch.nn.Module):
-    """The GMM without chain_params(): sample() runs it step by step with closed-form grads."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-    def energy_and_grad(self, x):
-        return self.inner.energy_and_grad(x)
 
 
 def _row(size, method, c: Optional[_Candidate], note: str = "") -> dict[str, Any]:
@@ -157,7 +144,7 @@ def run(
         cands = chain_baselines(lambda x: gmm_energy(x, means, z), x0, steps, STEP_SIZE, NOISE_STD, settings,
                                 dev, quick=quick)
         cands += [
-            _Candidate("sample", lambda: fastlangevin.sample(_ClosedFormOnly(gmm), x0, steps, STEP_SIZE,
+            _Candidate("sample", lambda: fastlangevin.sample(StepByStep(gmm), x0, steps, STEP_SIZE,
                                                               seed=next(seeds)), settings,
                        note="closed-form grad + fused step, per step"),
         ]

@@ -48,16 +48,17 @@ import torch
 try:  # run as `python -m bench.bench_mlp_chain` / imported as bench.bench_mlp_chain
     from . import common
     from .baselines import chain_baselines
-    from .bench_chain import _ClosedFormOnly, measure_rows
+    from .bench_chain import measure_rows
     from .bench_langevin import _Candidate
 except ImportError:  # run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import common
     from bench.baselines import chain_baselines
-    from bench.bench_chain import _ClosedFormOnly, measure_rows
+    from bench.bench_chain import measure_rows
     from bench.bench_langevin import _Candidate
 
 import fastlangevin
+from fastlangevin.chain import StepByStep
 from fastlangevin.energies import MLPEnergy
 
 NAME = "mlp_chain"
@@ -144,7 +145,7 @@ def run(
         seeds = iter(range(1, 1 << 30))
         cands = chain_baselines(energy, x0, steps, STEP_SIZE, NOISE_STD, settings, dev, quick=quick)
         cands += [
-            _Candidate("sample", lambda: fastlangevin.sample(_ClosedFormOnly(energy), x0, steps, STEP_SIZE,
+            _Candidate("sample", lambda: fastlangevin.sample(StepByStep(energy), x0, steps, STEP_SIZE,
                                                               seed=next(seeds)), settings,
                        note="closed-form grad (torch matmuls) + fused step, per step"),
         ]

@@ -349,6 +349,25 @@ def mlp_chain_params_of(energy):
     return params
 
 
+class StepByStep(torch.nn.Module):
+    """``inner`` without the fused-chain protocol (chain_params, double_well_chain_params,
+    mlp_chain_params): sample() and Walkers run it step by step, one langevin_step per step,
+    with ``inner.energy_and_grad`` (closed-form gradients) where it has one, autograd through
+    ``inner(x)`` otherwise. For comparing a fused chain with the step-by-step path on the same
+    energy, as tests/ and bench/ do. Parameters stay ``inner``'s (no copy)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    @property
+    def energy_and_grad(self):
+        return self.inner.energy_and_grad  # AttributeError (no closed form) -> autograd
+
+
 def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
     """A function run(x, n_steps, step_size, noise_std, **kw) -> ChainResult that runs ``energy``'s
     fused chain (mixture_chain, double_well_chain or mlp_chain with its parameters bound; kw:

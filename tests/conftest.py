@@ -50,3 +50,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def state_tensors(sd):
+    """Every tensor of a (nested) state dict, in a fixed order (dict keys sorted), for comparing
+    two checkpoints bit for bit."""
+    if torch.is_tensor(sd):
+        yield sd
+    elif isinstance(sd, dict):
+        for k in sorted(sd, key=str):
+            yield from state_tensors(sd[k])
+    elif isinstance(sd, (list, tuple)):
+        for v in sd:
+            yield from state_tensors(v)

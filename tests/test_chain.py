@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastlangevin as fl
-from fastlangevin.chain import double_well_chain, fused_chain_of, mixture_chain
+from fastlangevin.chain import StepByStep, double_well_chain, fused_chain_of, mixture_chain
 from fastlangevin.energies import DoubleWell, Gaussian, GaussianMixture, MLPEnergy
 
 from conftest import CASES, require
@@ -15,21 +15,6 @@ BACKENDS = ["reference", "cpu"]
 # The fused kernels against the reference: (device, backend) pairs of conftest.CASES but the
 # reference itself. cpu-triton runs under TRITON_INTERPRET=1 (slow: its sizes are kept small).
 KERNEL_CASES = [c for c in CASES if c.id != "cpu-reference"]
-
-
-class _StepByStep(torch.nn.Module):
-    """The same energy without chain_params(): sample() and Walkers take the step-by-step path
-    (closed-form gradients, one langevin_step per step)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-    def energy_and_grad(self, x):
-        return self.inner.energy_and_grad(x)
 
 
 def _gmm(d=50, dtype=torch.float64, kind="carbone"):
@@ -122,7 +107,7 @@ def test_sample_fused_equals_step_by_step(device, backend, dtype, mh, kind):
     x0 = _x0(n, 50, dtype, scale=scale).to(device)
     assert fused_chain_of(e, x0, backend) is not None  # sample() takes the fused path here
     fused = fl.sample(e, x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
-    loop = fl.sample(_StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
     if backend == "reference":  # the oracle chain is literally the loop's arithmetic
         assert torch.equal(fused.x, loop.x)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -166,7 +151,7 @@ def test_walkers_fused_equals_step_by_step(device, backend, weights, resample, k
     e = e.to(device)
     x0 = _x0(256, 6, torch.float64, scale=scale).to(device)
     kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
-    w1, w2 = fl.Walkers(e, x0, h, **kw), fl.Walkers(_StepByStep(e), x0, h, **kw)
+    w1, w2 = fl.Walkers(e, x0, h, **kw), fl.Walkers(StepByStep(e), x0, h, **kw)
     w1.step(s1)
     w2.step(s1)
     # a parameter change between calls: the first step's increment uses the cached old energy
@@ -249,3 +234,20 @@ def test_double_well_chain_opcheck(dtype):
     torch.library.opcheck(op, (x.clone(), u.clone(), g.clone(), params, 3, 0.01, 0.14, 1, 2, 0, None, None, acc.clone()))
     lw, steps = torch.zeros(13, dtype=torch.float64), torch.zeros(3, 13, dtype=torch.float64)
     torch.library.opcheck(op, (x.clone(), u.clone(), g.clone(), params, 3, 0.01, 0.14, 1, 2, 1, lw, steps, acc.clone()))
+
+
+def test_step_by_step_wrapper_hides_the_chain_protocol_only():
+    """fastlangevin.chain.StepByStep: no fused chain for the wrapped energy, the closed form kept
+    where the energy has one, autograd where it has none; the same parameters."""
+    g = _gmm(d=3)
+    x0 = torch.randn(5, 3, dtype=torch.float64)
+    assert fused_chain_of(g, x0) is not None and fused_chain_of(StepByStep(g), x0) is None
+    u, gr = StepByStep(g).energy_and_grad(x0)
+    u0, g0 = g.energy_and_grad(x0)
+    assert torch.equal(u, u0) and torch.equal(gr, g0)
+    plain = StepByStep(lambda x: 0.5 * (x * x).sum(1))
+    assert not hasattr(plain, "energy_and_grad")
+    r = fl.sample(plain, x0, 3, 0.1, seed=1)
+    want = fl.sample(lambda x: 0.5 * (x * x).sum(1), x0, 3, 0.1, seed=1)
+    assert torch.equal(r.x, want.x)
+    assert list(StepByStep(g).parameters()) == list(g.parameters())

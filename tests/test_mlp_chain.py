@@ -4,28 +4,13 @@ import pytest
 import torch
 
 import fastlangevin as fl
-from fastlangevin.chain import fused_chain_of, mlp_chain
+from fastlangevin.chain import StepByStep, fused_chain_of, mlp_chain
 from fastlangevin.energies import MLPEnergy
 
 from conftest import CASES, require
 
 BACKENDS = ["reference", "cpu"]
 INTERP = ("cpu", "triton")  # the Triton interpreter: slow, its cases run at small sizes
-
-
-class _StepByStep(torch.nn.Module):
-    """The same energy without mlp_chain_params(): sample() and Walkers take the step-by-step
-    path (closed-form gradients, one langevin_step per step)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-    def energy_and_grad(self, x):
-        return self.inner.energy_and_grad(x)
 
 
 def _mlp(d, hidden=24, depth=3, act="silu", ref_var=None, dtype=torch.float64, seed=0):
@@ -102,10 +87,10 @@ def test_sample_fused_equals_step_by_step(device, backend, dtype, mh):
     n, d, hidden, steps = (16, 6, 16, 5) if interp else (70, 10, 32, 20)
     e = _mlp(d, hidden, 3, "silu", None, dtype).to(device)
     x0 = _x0(n, d, dtype).to(device)
-    assert fused_chain_of(e, x0, backend) is not None and fused_chain_of(_StepByStep(e), x0) is None
+    assert fused_chain_of(e, x0, backend) is not None and fused_chain_of(StepByStep(e), x0) is None
     h = 0.5 if mh else 0.05
     fused = fl.sample(e, x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
-    loop = fl.sample(_StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
+    loop = fl.sample(StepByStep(e), x0, steps, h, seed=5, offset=11, mh=mh, backend=backend)
     if backend == "reference":  # the oracle chain is literally the loop's arithmetic
         assert torch.equal(fused.x, loop.x)
     torch.testing.assert_close(fused.x, loop.x, **_tol(dtype))
@@ -129,7 +114,7 @@ def test_walkers_fused_equals_step_by_step(device, backend, weights, resample):
     e = _mlp(6, 16, 2, "softplus", 2.0).to(device)
     x0 = _x0(n, 6, torch.float64).to(device)
     kw = dict(seed=4, weights=weights, resample=resample, ess_threshold=0.95, backend=backend)
-    w1, w2 = fl.Walkers(e, x0, 0.3, **kw), fl.Walkers(_StepByStep(e), x0, 0.3, **kw)
+    w1, w2 = fl.Walkers(e, x0, 0.3, **kw), fl.Walkers(StepByStep(e), x0, 0.3, **kw)
     assert w1._fused_params() is not None and w2._fused_params() is None
     w1.step(s1)
     w2.step(s1)

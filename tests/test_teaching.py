@@ -10,20 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import state_tensors
+
 from train import harness
 from train.__main__ import main as train_main
-
-
-
-def _tensors(sd):
-    if torch.is_tensor(sd):
-        yield sd
-    elif isinstance(sd, dict):
-        for k in sorted(sd, key=str):
-            yield from _tensors(sd[k])
-    elif isinstance(sd, (list, tuple)):
-        for v in sd:
-            yield from _tensors(v)
 
 
 def _run(args) -> int:
@@ -87,7 +77,7 @@ def test_interrupt_and_resume_is_bit_for_bit(tmp_path, method):
     a = torch.load(straight / harness.CHECKPOINT, weights_only=False)["trainer"]
     b = torch.load(parts / harness.CHECKPOINT, weights_only=False)["trainer"]
     assert a["offset"] == b["offset"] > 0 and a["offset_z"] == b["offset_z"]
-    ta, tb = list(_tensors(a)), list(_tensors(b))
+    ta, tb = list(state_tensors(a)), list(state_tensors(b))
     assert len(ta) == len(tb) > 10
     assert all(torch.equal(x, y) for x, y in zip(ta, tb))
     rows = lambda p: [json.loads(line) for line in (p / "metrics.jsonl").read_text().splitlines()]
@@ -107,7 +97,7 @@ def test_code_preset_explosion_stop_keeps_the_last_checkpoint(tmp_path):
     assert "explosion stop" in m["diverged"]["reason"], m
     ck = torch.load(tmp_path / harness.CHECKPOINT, weights_only=False)
     assert ck["iter"] == m["last_checkpoint_iter"] <= m["diverged"]["iter"]
-    assert all(torch.isfinite(t).all() for t in _tensors(ck["trainer"]["energy"]))
+    assert all(torch.isfinite(t).all() for t in state_tensors(ck["trainer"]["energy"]))
 
 
 def test_non_finite_sampling_is_reported(tmp_path):
@@ -175,4 +165,4 @@ def test_32x32_nets_train_end_to_end_on_cifar_files(tmp_path, method):
     assert [r["iter"] for r in rows][-1] == 2 and all(math.isfinite(r["loss"]) for r in rows)
     ck = torch.load(out / harness.CHECKPOINT, weights_only=False)["trainer"]
     assert ck["generator"]["net.0.weight"].shape[:2] == (8, 256)  # DCGAN convT from the 8-d latent
-    assert all(torch.isfinite(t).all() for t in _tensors(ck))
+    assert all(torch.isfinite(t).all() for t in state_tensors(ck))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import state_tensors
 from train import harness
 from train.__main__ import main as train_main
 
@@ -73,17 +74,6 @@ def test_run_folder_contents(gmm_runs):
     assert (d / harness.CHECKPOINT).exists()
 
 
-def _tensors(sd):
-    if torch.is_tensor(sd):
-        yield sd
-    elif isinstance(sd, dict):
-        for k in sorted(sd, key=str):
-            yield from _tensors(sd[k])
-    elif isinstance(sd, (list, tuple)):
-        for v in sd:
-            yield from _tensors(v)
-
-
 @pytest.mark.parametrize("method", ["jarzynski", "pcd", "cd"])
 def test_interrupt_and_resume_is_bit_for_bit(tmp_path, method):
     """A run stopped by Ctrl-C (the --stop-after hook takes exactly the SIGINT path) writes a
@@ -100,7 +90,7 @@ def test_interrupt_and_resume_is_bit_for_bit(tmp_path, method):
     assert _run([method, *small, "--out", parts, "--resume"]) == 0
     a = torch.load(straight / harness.CHECKPOINT, weights_only=False)["trainer"]
     b = torch.load(parts / harness.CHECKPOINT, weights_only=False)["trainer"]
-    ta, tb = list(_tensors(a)), list(_tensors(b))
+    ta, tb = list(state_tensors(a)), list(state_tensors(b))
     assert len(ta) == len(tb) > 3
     assert all(torch.equal(x, y) for x, y in zip(ta, tb))
     strip = lambda p: [{k: v for k, v in json.loads(l).items()} for l in (p / "metrics.jsonl").read_text().splitlines()]
@@ -128,7 +118,7 @@ def test_divergence_is_reported_and_keeps_the_last_checkpoint(tmp_path):
     ck = torch.load(tmp_path / harness.CHECKPOINT, weights_only=False) if (tmp_path / harness.CHECKPOINT).exists() else None
     assert (ck is None and m["last_checkpoint_iter"] is None) or ck["iter"] == m["last_checkpoint_iter"] <= m["diverged"]["iter"]
     if ck is not None:
-        assert all(torch.isfinite(t).all() for t in _tensors(ck["trainer"]["energy"]))
+        assert all(torch.isfinite(t).all() for t in state_tensors(ck["trainer"]["energy"]))
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
