@@ -78,6 +78,21 @@ def _chain_state(p_x, p_g, p_u, p_acc, p_lw, n, d, seed_lo, seed_hi, off_lo, off
 
 
 @triton.jit
+def _store_chain_state(p_x, p_g, p_u, p_acc, p_lw, o_n, m_n, o_x, m_x, b_x, b_g, b_u, b_acc, b_lw, n_steps,
+                       MODE: tl.constexpr):
+    """Write the rows' final state back (log_w in MODE 1 only); ULA and weights count every
+    step as accepted (MODE 2 counted its acceptances step by step)."""
+    if MODE != 2:
+        b_acc = b_acc + n_steps
+    if MODE == 1:
+        tl.store(p_lw + o_n, b_lw, mask=m_n)
+    tl.store(p_x + o_x, b_x, mask=m_x)
+    tl.store(p_g + o_x, b_g, mask=m_x)
+    tl.store(p_u + o_n, b_u, mask=m_n)
+    tl.store(p_acc + o_n, b_acc, mask=m_n)
+
+
+@triton.jit
 def _step_normals(c0, c1, lane, off, k0, k1, FP64: tl.constexpr):
     """langevin_step's normals of stream (seed = (k0, k1), offset off) for the elements whose
     Philox block is (c0, c1) and lane is ``lane`` (tiles of any shape): each element computes

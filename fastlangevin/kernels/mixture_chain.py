@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chain_common import _chain_scalars, _chain_state, _chain_transition, _step_normals
+from .chain_common import _chain_scalars, _chain_state, _chain_transition, _step_normals, _store_chain_state
 from .langevin import _words, f32_halves
 
 # Elements of the walker tile per program on a GPU: 2048 (16 per thread with 4 warps) keeps x,
@@ -110,14 +110,7 @@ def _mixture_chain_kernel(
         b_x, b_g, b_u, b_lw, b_acc, o_st = _chain_transition(b_x, b_g, b_u, b_y, g_y, u_y, b_lw, b_acc, o_n, m_n,
                                                              p_steps, o_st, n, off, c1, c2, seed_lo, seed_hi, MODE,
                                                              STEPS)
-    if MODE != 2:
-        b_acc = b_acc + n_steps
-    if MODE == 1:
-        tl.store(p_lw + o_n, b_lw, mask=m_n)
-    tl.store(p_x + o_x, b_x, mask=m_x)
-    tl.store(p_g + o_x, b_g, mask=m_x)
-    tl.store(p_u + o_n, b_u, mask=m_n)
-    tl.store(p_acc + o_n, b_acc, mask=m_n)
+    _store_chain_state(p_x, p_g, p_u, p_acc, p_lw, o_n, m_n, o_x, m_x, b_x, b_g, b_u, b_acc, b_lw, n_steps, MODE)
 
 
 def block_rows(n: int, d: int, device: torch.device, tile=None) -> tuple[int, int]:
