@@ -209,7 +209,8 @@ def write_results(name: str, payload: dict[str, Any], results_dir: Union[str, Pa
     """Write ``payload`` as JSON to ``<results_dir>/<name>-<devicetag>-<commit>.json`` and a copy
     to ``<name>-<devicetag>-latest.json`` (a stable path to diff against); returns the first.
     plot_ratios draws its figure beside each, same stem, .png (one panel per payload in
-    ``payload["payloads"]`` when there is that key, as in ``python -m bench``'s summary).
+    ``payload["payloads"]`` when there is that key, as in ``python -m bench``'s summary), where
+    matplotlib is installed.
 
     The device tag and commit come from ``payload["env"]`` (see env_info); commit "unknown"
     when git was unavailable. results_dir defaults to bench/results.
@@ -223,7 +224,14 @@ def write_results(name: str, payload: dict[str, Any], results_dir: Union[str, Pa
     path = out_dir / f"{name}-{tag}-{commit}.json"
     path.write_text(text)
     (out_dir / f"{name}-{tag}-latest.json").write_text(text)
-    # The figure of the same numbers, next to its JSON under the same stem.
+    # The figure of the same numbers, next to its JSON under the same stem. Without matplotlib
+    # (a bare GPU machine's python, .ci/gpu) the JSON stands alone: draw it later with
+    # plot_ratios from the JSON.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"matplotlib is not installed: {path.with_suffix('.png').name} not drawn", file=sys.stderr)
+        return path
     plot_ratios(payload.get("payloads") or [payload], path.with_suffix(".png"), env)
     shutil.copyfile(path.with_suffix(".png"), out_dir / f"{name}-{tag}-latest.png")
     return path
