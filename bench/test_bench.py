@@ -189,6 +189,16 @@ def test_write_results_json_and_plot(conv_payload, tmp_path):
     assert (tmp_path / f"{conv_payload['name']}-cpu-latest.png").exists()
 
 
+def test_write_results_without_matplotlib(conv_payload, tmp_path, monkeypatch):
+    """A python without matplotlib (a bare GPU machine, .ci/gpu) still gets its JSON; no PNG."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    path = common.write_results(conv_payload["name"], conv_payload, results_dir=tmp_path)
+    assert json.loads(path.read_text())["rows"] == json.loads(json.dumps(common.json_safe(conv_payload)))["rows"]
+    assert not path.with_suffix(".png").exists()
+
+
 def test_runner_writes_module_and_run_files(tmp_path, monkeypatch):
     _require_cpu_backend()
     from bench import __main__ as runner
