@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "philox.h"
 
@@ -95,20 +96,6 @@ FL_HD void sincos_2pi_f32(float t, float& s_out, float& c_out) {
   c_out = ((n + 1) & 2) ? -cr : cr;
 }
 
-// The four float32 normals of one Philox block.
-FL_HD void normals4_f32(const Words4& w, float z[4]) {
-  FL_UNROLL
-  for (int p = 0; p < 2; ++p) {
-    const float ur = uniform_radius(w.w[2 * p]);
-    const float ut = uniform_angle(w.w[2 * p + 1]);
-    const float rad = sqrtf(-2.0f * log_unit_f32(ur));
-    float s, c;
-    sincos_2pi_f32(ut, s, c);
-    z[2 * p] = rad * c;
-    z[2 * p + 1] = rad * s;
-  }
-}
-
 // log(m 2^e) from x = m - 1, m in [sqrt(1/2), sqrt(2)), and fe = e: the rational part of
 // log_unit_f64 below, on a double or on a GCC vector of doubles (the chain's softmax).
 template <typename F>
@@ -179,19 +166,33 @@ FL_HD void sincos_2pi_f64(double t, double& s_out, double& c_out) {
   c_out = ((n + 1) & 2) ? -cr : cr;
 }
 
-// The four float64 normals of one Philox block (the float32 uniforms, exact in float64, and the
-// float64 maps above).
-FL_HD void normals4_f64(const Words4& w, double z[4]) {
-  FL_UNROLL
-  for (int p = 0; p < 2; ++p) {
-    const double ur = static_cast<double>(uniform_radius(w.w[2 * p]));
-    const double ut = static_cast<double>(uniform_angle(w.w[2 * p + 1]));
-    const double rad = sqrt(-2.0 * log_unit_f64(ur));
-    double s, c;
-    sincos_2pi_f64(ut, s, c);
-    z[2 * p] = rad * c;
-    z[2 * p + 1] = rad * s;
+// The Box-Muller pair of one radius word and one angle word (csrc/philox.h's uniforms):
+// zc, zs = sqrt(-2 ln u_r) (cos, sin)(2 pi u_t), with the float32 maps above or the float64
+// ones (the same uniforms, exact in float64). Its one spelling: the block functions below, the
+// CPU tile loop (csrc/cpu/langevin_cpu.cpp, vectorised across blocks) and the CUDA chain's
+// single-element draw (csrc/cuda/chain_cuda.cu) all call it.
+template <typename T>
+FL_HD void box_muller_pair(uint32_t wr, uint32_t wt, T& zc, T& zs) {
+  T rad, s, c;
+  if constexpr (std::is_same_v<T, float>) {
+    rad = sqrtf(-2.0f * log_unit_f32(uniform_radius(wr)));
+    sincos_2pi_f32(uniform_angle(wt), s, c);
+  } else {
+    rad = sqrt(-2.0 * log_unit_f64(static_cast<double>(uniform_radius(wr))));
+    sincos_2pi_f64(static_cast<double>(uniform_angle(wt)), s, c);
   }
+  zc = rad * c;
+  zs = rad * s;
+}
+
+// The four normals of one Philox block: (w0, w1) -> (z0, z1), (w2, w3) -> (z2, z3).
+FL_HD void normals4_f32(const Words4& w, float z[4]) {
+  box_muller_pair(w.w[0], w.w[1], z[0], z[1]);
+  box_muller_pair(w.w[2], w.w[3], z[2], z[3]);
+}
+FL_HD void normals4_f64(const Words4& w, double z[4]) {
+  box_muller_pair(w.w[0], w.w[1], z[0], z[1]);
+  box_muller_pair(w.w[2], w.w[3], z[2], z[3]);
 }
 
 }  // namespace fastlangevin

@@ -63,28 +63,15 @@ FL_HD void normals_blocks(uint64_t seed, uint64_t offset, uint64_t first, int64_
   }
 }
 
-// Box-Muller on one tile's lane-major words w[4][kTile] (csrc/normal.h's normals4_f32 /
-// normals4_f64: word p of block j at w[p][j]) into z[4][kTile]: plain C++ that GCC vectorises
-// (8 floats or 4 doubles wide) for whichever target the caller is compiled for.
+// Box-Muller on one tile's lane-major words w[4][kTile] (word p of block j at w[p][j], paired
+// by csrc/normal.h's box_muller_pair as normals4_f32 / normals4_f64 pair them) into
+// z[4][kTile]: plain C++ that GCC vectorises (8 floats or 4 doubles wide) across blocks for
+// whichever target the caller is compiled for.
 template <typename T>
 FL_HD void box_muller_tile(const uint32_t (&w)[4][kTile], T (&z)[4][kTile]) {
   for (int j = 0; j < kTile; ++j) {
-    T r0, r1, s0, c0, s1, c1;
-    if constexpr (std::is_same_v<T, float>) {
-      r0 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[0][j])));
-      r1 = sqrtf(-2.0f * log_unit_f32(uniform_radius(w[2][j])));
-      sincos_2pi_f32(uniform_angle(w[1][j]), s0, c0);
-      sincos_2pi_f32(uniform_angle(w[3][j]), s1, c1);
-    } else {
-      r0 = sqrt(-2.0 * log_unit_f64(static_cast<double>(uniform_radius(w[0][j]))));
-      r1 = sqrt(-2.0 * log_unit_f64(static_cast<double>(uniform_radius(w[2][j]))));
-      sincos_2pi_f64(static_cast<double>(uniform_angle(w[1][j])), s0, c0);
-      sincos_2pi_f64(static_cast<double>(uniform_angle(w[3][j])), s1, c1);
-    }
-    z[0][j] = r0 * c0;
-    z[1][j] = r0 * s0;
-    z[2][j] = r1 * c1;
-    z[3][j] = r1 * s1;
+    box_muller_pair(w[0][j], w[1][j], z[0][j], z[1][j]);
+    box_muller_pair(w[2][j], w[3][j], z[2][j], z[3][j]);
   }
 }
 
@@ -153,39 +140,39 @@ __attribute__((target("avx2,fma"))) FL_HD void philox_tile_avx2(uint64_t seed, u
   const __m256i M0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i M1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int v = 0; v < kTile; v += 8 * V) {
-      __m256i c0[V], c1[V], c2[V], c3[V];
-      for (int q = 0; q < V; ++q) {
-        const uint64_t b = first + static_cast<uint64_t>(v + 8 * q);
-        c0[q] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b))), lane);
-        c1[q] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32)));
-        c2[q] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
-        c3[q] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset >> 32)));
+  for (int v = 0; v < kTile; v += 8 * V) {
+    __m256i c0[V], c1[V], c2[V], c3[V];
+    for (int q = 0; q < V; ++q) {
+      const uint64_t b = first + static_cast<uint64_t>(v + 8 * q);
+      c0[q] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b))), lane);
+      c1[q] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32)));
+      c2[q] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+      c3[q] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset >> 32)));
+    }
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < kPhiloxRounds; ++r) {
+      if (r > 0) {
+        k0 += kPhiloxW0;
+        k1 += kPhiloxW1;
       }
-      uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-      for (int r = 0; r < kPhiloxRounds; ++r) {
-        if (r > 0) {
-          k0 += kPhiloxW0;
-          k1 += kPhiloxW1;
-        }
-        const __m256i K0 = _mm256_set1_epi32(static_cast<int>(k0)), K1 = _mm256_set1_epi32(static_cast<int>(k1));
-        for (int q = 0; q < V; ++q) {
-          __m256i hi0, lo0, hi1, lo1;
-          mulhilo8(c0[q], M0, hi0, lo0);
-          mulhilo8(c2[q], M1, hi1, lo1);
-          c0[q] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[q]), K0);
-          c1[q] = lo1;
-          c2[q] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[q]), K1);
-          c3[q] = lo0;
-        }
-      }
+      const __m256i K0 = _mm256_set1_epi32(static_cast<int>(k0)), K1 = _mm256_set1_epi32(static_cast<int>(k1));
       for (int q = 0; q < V; ++q) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(w[0] + v + 8 * q), c0[q]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(w[1] + v + 8 * q), c1[q]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(w[2] + v + 8 * q), c2[q]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(w[3] + v + 8 * q), c3[q]);
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(c0[q], M0, hi0, lo0);
+        mulhilo8(c2[q], M1, hi1, lo1);
+        c0[q] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[q]), K0);
+        c1[q] = lo1;
+        c2[q] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[q]), K1);
+        c3[q] = lo0;
       }
     }
+    for (int q = 0; q < V; ++q) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w[0] + v + 8 * q), c0[q]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w[1] + v + 8 * q), c1[q]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w[2] + v + 8 * q), c2[q]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w[3] + v + 8 * q), c3[q]);
+    }
+  }
 }
 
 // The same stream with AVX-512VL (on 256-bit registers), picked at run time where the CPU has
@@ -213,40 +200,40 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) FL_HD void philox_tile_avx5
   const __m256i r0c2x = _mm256_set1_epi64x(static_cast<uint32_t>(offset >> 32) ^ k10);
   const __m256i r0c0 =
       _mm256_set1_epi64x(static_cast<uint32_t>(p1 >> 32) ^ static_cast<uint32_t>(first >> 32) ^ k00);
-    for (int v = 0; v < kTile; v += 4 * V) {
-      __m256i c0[V], c1[V], c2[V], c3[V];
-      for (int q = 0; q < V; ++q) {  // round 0
-        const uint64_t b = first + static_cast<uint64_t>(v + 4 * q);
-        const __m256i p0 =
-            _mm256_mul_epu32(_mm256_add_epi64(_mm256_set1_epi64x(static_cast<uint32_t>(b)), lane), M0);
-        c0[q] = r0c0;
-        c1[q] = r0c1;
-        c2[q] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), r0c2x);
+  for (int v = 0; v < kTile; v += 4 * V) {
+    __m256i c0[V], c1[V], c2[V], c3[V];
+    for (int q = 0; q < V; ++q) {  // round 0
+      const uint64_t b = first + static_cast<uint64_t>(v + 4 * q);
+      const __m256i p0 =
+          _mm256_mul_epu32(_mm256_add_epi64(_mm256_set1_epi64x(static_cast<uint32_t>(b)), lane), M0);
+      c0[q] = r0c0;
+      c1[q] = r0c1;
+      c2[q] = _mm256_xor_si256(_mm256_srli_epi64(p0, 32), r0c2x);
+      c3[q] = p0;
+    }
+    uint32_t k0 = k00, k1 = k10;
+    for (int r = 1; r < kPhiloxRounds; ++r) {
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+      const __m256i K0 = _mm256_set1_epi64x(k0), K1 = _mm256_set1_epi64x(k1);
+      for (int q = 0; q < V; ++q) {
+        const __m256i p0 = _mm256_mul_epu32(c0[q], M0);
+        const __m256i p1q = _mm256_mul_epu32(c2[q], M1);
+        c0[q] = _mm256_ternarylogic_epi64(_mm256_srli_epi64(p1q, 32), c1[q], K0, 0x96);  // a ^ b ^ c
+        c2[q] = _mm256_ternarylogic_epi64(_mm256_srli_epi64(p0, 32), c3[q], K1, 0x96);
+        c1[q] = p1q;
         c3[q] = p0;
       }
-      uint32_t k0 = k00, k1 = k10;
-      for (int r = 1; r < kPhiloxRounds; ++r) {
-        k0 += kPhiloxW0;
-        k1 += kPhiloxW1;
-        const __m256i K0 = _mm256_set1_epi64x(k0), K1 = _mm256_set1_epi64x(k1);
-        for (int q = 0; q < V; ++q) {
-          const __m256i p0 = _mm256_mul_epu32(c0[q], M0);
-          const __m256i p1q = _mm256_mul_epu32(c2[q], M1);
-          c0[q] = _mm256_ternarylogic_epi64(_mm256_srli_epi64(p1q, 32), c1[q], K0, 0x96);  // a ^ b ^ c
-          c2[q] = _mm256_ternarylogic_epi64(_mm256_srli_epi64(p0, 32), c3[q], K1, 0x96);
-          c1[q] = p1q;
-          c3[q] = p0;
-        }
-      }
-      for (int q = 0; q < V; q += 2) {  // low halves of two registers -> 8 words in block order
-        const __m256i* c[4] = {c0, c1, c2, c3};
-        for (int i = 0; i < 4; ++i) {
-          const __m256i lo = _mm256_permutevar8x32_epi32(c[i][q], even_words);
-          const __m256i hi = _mm256_permutevar8x32_epi32(c[i][q + 1], even_words);
-          _mm256_store_si256(reinterpret_cast<__m256i*>(w[i] + v + 4 * q), _mm256_permute2x128_si256(lo, hi, 0x20));
-        }
+    }
+    for (int q = 0; q < V; q += 2) {  // low halves of two registers -> 8 words in block order
+      const __m256i* c[4] = {c0, c1, c2, c3};
+      for (int i = 0; i < 4; ++i) {
+        const __m256i lo = _mm256_permutevar8x32_epi32(c[i][q], even_words);
+        const __m256i hi = _mm256_permutevar8x32_epi32(c[i][q + 1], even_words);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(w[i] + v + 4 * q), _mm256_permute2x128_si256(lo, hi, 0x20));
       }
     }
+  }
 }
 
 // One tile-wise fill per (ISA, dtype): Philox words for a whole tile, Box-Muller, element order;

@@ -75,8 +75,8 @@ __device__ __forceinline__ double dev_exp(double v) { return exp(v); }
 __device__ __forceinline__ float dev_log(float v) { return logf(v); }
 __device__ __forceinline__ double dev_log(double v) { return log(v); }
 
-// Normal number e of stream (seed, off): lane e % 4 of Philox block e / 4, the arithmetic of
-// normals4_f32 / normals4_f64 (csrc/normal.h) for the one Box-Muller pair that holds it.
+// Normal number e of stream (seed, off): lane e % 4 of Philox block e / 4, from csrc/normal.h's
+// box_muller_pair of the two words that hold it (as normals4_f32 / normals4_f64 pair them).
 template <typename T>
 __device__ __forceinline__ T normal_at(uint64_t seed, uint64_t off, uint64_t e) {
   const Words4 w = philox_block(seed, off, e >> 2);
@@ -84,17 +84,9 @@ __device__ __forceinline__ T normal_at(uint64_t seed, uint64_t off, uint64_t e) 
   const uint32_t wa = second ? w.w[2] : w.w[0];
   const uint32_t wb = second ? w.w[3] : w.w[1];
   const bool odd = (e & 1) != 0;     // lanes 1, 3 are the sine halves
-  if constexpr (std::is_same_v<T, float>) {
-    const float rad = sqrtf(-2.0f * log_unit_f32(uniform_radius(wa)));
-    float s, c;
-    sincos_2pi_f32(uniform_angle(wb), s, c);
-    return odd ? rad * s : rad * c;
-  } else {
-    const double rad = sqrt(-2.0 * log_unit_f64(static_cast<double>(uniform_radius(wa))));
-    double s, c;
-    sincos_2pi_f64(static_cast<double>(uniform_angle(wb)), s, c);
-    return odd ? rad * s : rad * c;
-  }
+  T zc, zs;
+  box_muller_pair(wa, wb, zc, zs);
+  return odd ? zs : zc;
 }
 
 // U(v), and grad U(v) into g; v and g are this lane's elements of one walker (zeros past d).
