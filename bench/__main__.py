@@ -15,7 +15,9 @@ reported and the others still run; the exit status is 1 if any failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 import time
 import traceback
@@ -34,11 +36,40 @@ BENCHES: list[str] = [
 ]
 
 
+@contextlib.contextmanager
+def _deadline(seconds: Optional[float], what: str):
+    """Raise TimeoutError in the main thread after ``seconds`` (SIGALRM; Unix). The signal is
+    handled between Python bytecodes, so a module stops at its next Python line (a timed GPU
+    loop returns to Python every iteration). None: no limit."""
+    if not seconds:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"{what} ran past its time limit ({seconds:.3g} s)")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="Run the fastlangevin benchmarks.")
     p.add_argument("--quick", action="store_true", help="smallest sizes, few iterations (a smoke run)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
-    p.add_argument("--only", nargs="+", metavar="MODULE", choices=BENCHES, help="run only these modules")
+    p.add_argument("--only", nargs="+", metavar="MODULE", choices=BENCHES,
+                   help="run only these modules, in the order given")
+    p.add_argument("--module-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a module that runs longer (reported FAILED: timeout) and go on with "
+                        "the next, so a time-boxed run (a lent GPU) keeps every module that finished")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="wall-clock budget of the whole run: each module gets at most what is left "
+                        "(and --module-timeout), modules after it are reported 'not run', and the "
+                        "run's JSON holds the modules that finished")
     args = p.parse_args(argv)
     device = args.device or common.default_device()
     if device == "cuda":
@@ -48,12 +79,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error("--device cuda: no CUDA GPU is visible")
 
     summary, payloads = [], []
+    t_start = time.perf_counter()
     for mod_name in args.only or BENCHES:
         t0 = time.perf_counter()
         entry = {"module": mod_name, "status": "ok", "rows": None, "seconds": None, "json": None}
+        limit = args.module_timeout
+        if args.deadline is not None:
+            left = args.deadline - (t0 - t_start)
+            if left < 1.0:
+                entry["status"] = f"not run: --deadline {args.deadline:g} s reached"
+                entry["seconds"] = 0.0
+                summary.append(entry)
+                continue
+            limit = left if limit is None else min(limit, left)
         try:
-            mod = importlib.import_module(f"{__package__}.{mod_name}")
-            payload = mod.run(device, args.quick)
+            with _deadline(limit, mod_name):
+                mod = importlib.import_module(f"{__package__}.{mod_name}")
+                payload = mod.run(device, args.quick)
             mod.report(payload)
             payloads.append(payload)
             path = common.write_results(payload.get("name", getattr(mod, "NAME", mod_name)), payload)

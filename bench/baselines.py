@@ -84,12 +84,14 @@ def compile_first_call(fn: Callable, *args, device, **compile_kw) -> tuple[Optio
 
 
 def compiled_candidate(method: Any, fn: Callable, args: tuple, call: Callable[[Callable], Callable],
-                       settings: dict, device, *, quick: bool, note: str = "") -> _Candidate:
+                       settings: dict, device, *, quick: bool, note: str = "",
+                       skip: Optional[str] = None) -> _Candidate:
     """The "compile" row: ``call(compiled)`` is the closure timed (compiled = torch.compile of
     ``fn``, first called on ``args`` outside the timing). In --quick it is not compiled at all
-    (QUICK_SKIP): CI's bench smoke run must stay under ~2 minutes on 2 cores."""
-    if quick:
-        return failed(method, QUICK_SKIP, settings, note)
+    (QUICK_SKIP): CI's bench smoke run must stay under ~2 minutes on 2 cores. ``skip``: a reason
+    not to compile this one (the row says it), e.g. a size the module compiles elsewhere."""
+    if quick or skip:
+        return failed(method, QUICK_SKIP if quick else skip, settings, note)
     compiled, how = compile_first_call(fn, *args, device=device)
     if compiled is None:
         return failed(method, how, settings, note)

@@ -129,14 +129,17 @@ def run(
     rows: list[dict[str, Any]] = []
     for n in sizes:
         lw = log_weights(n, dev)
+        # torch.compile rows at the largest N only (compile time in the note; not compiled in
+        # --quick): at every N they were 20 compiles, most of this module's 50 s on the 2-core
+        # CPU, and the GPU run has minutes in all. The largest N is the one the targets name.
+        skip = None if n == max(sizes) else f"compiled at N = {max(sizes)} only (compile time)"
         cands = [_Candidate((BASELINE, BASELINE), lambda: torch_multinomial(lw), settings),
-                 # torch.compile rows (compile time in the note; not compiled in --quick)
                  compiled_candidate((BASELINE, "compile"), torch_multinomial, (lw,), lambda c: lambda: c(lw),
-                                    settings, dev, quick=quick)]
+                                    settings, dev, quick=quick, skip=skip)]
         for scheme in SCHEMES:
             cands.append(compiled_candidate((scheme, "compile"), torch_resample, (lw, scheme),
                                             lambda c, scheme=scheme: lambda: c(lw, scheme), settings, dev,
-                                            quick=quick, note="torch_resample"))
+                                            quick=quick, note="torch_resample", skip=skip))
             for name in backends_run:
                 offsets = itertools.count(1)  # fresh uniforms per call, as in an SMC loop
 

@@ -215,6 +215,47 @@ def test_runner_writes_module_and_run_files(tmp_path, monkeypatch):
     assert run["summary"][0]["status"] == f"ok ({untimed} rows without a time)", run["summary"]
 
 
+
+def test_runner_deadline_and_module_timeout(tmp_path, monkeypatch, capsys, conv_payload):
+    """A time-boxed run (.ci/gpu): a module past its limit is stopped and reported, the next
+    module still runs and is written, and modules past the deadline are 'not run'."""
+    import re
+    import time
+    import types
+
+    from bench import __main__ as runner
+
+    with pytest.raises(TimeoutError, match="slow ran past its time limit"):
+        with runner._deadline(0.2, "slow"):
+            time.sleep(5)
+    with runner._deadline(None, "unlimited"):
+        pass
+
+    # Two stand-in modules: one that overruns, one that returns a real (conv) payload at once.
+    fakes = {"bench_slow": types.SimpleNamespace(NAME="slow", run=lambda dev, quick: time.sleep(10),
+                                                 report=lambda p: None),
+             "bench_fast": types.SimpleNamespace(NAME="conv-quick", run=lambda dev, quick: conv_payload,
+                                                 report=lambda p: None)}
+    monkeypatch.setattr(runner, "BENCHES", runner.BENCHES + list(fakes))
+    real_import = runner.importlib.import_module
+    monkeypatch.setattr(runner.importlib, "import_module",
+                        lambda name, *a: fakes.get(name.rsplit(".", 1)[-1]) or real_import(name, *a))
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    argv = ["--quick", "--device", "cpu", "--module-timeout", "0.5", "--only", "bench_slow", "bench_fast"]
+    t0 = time.perf_counter()
+    assert runner.main(argv) == 1  # a module failed (timed out)
+    assert time.perf_counter() - t0 < 8
+    run = json.loads((tmp_path / f"bench-quick-cpu-{common.git_commit() or 'unknown'}.json").read_text())
+    status = {e["module"]: e["status"] for e in run["summary"]}
+    assert status["bench_slow"] == "FAILED: TimeoutError: bench_slow ran past its time limit (0.5 s)", status
+    assert status["bench_fast"].startswith("ok"), status
+    assert [p["name"] for p in run["payloads"]] == [conv_payload["name"]]
+
+    capsys.readouterr()
+    assert runner.main(["--quick", "--device", "cpu", "--deadline", "0", "--only", "bench_fast"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"bench_fast +not run: --deadline 0 s reached", out), out
+
 if not HAVE_PYTEST_BENCHMARK:
     # The plugin provides the `benchmark` fixture; without it the tests below would error at
     # setup ("fixture 'benchmark' not found"). This stand-in skips them instead. It is only
