@@ -34,14 +34,22 @@ FL_HD RatioCoef ratio_coef(double a, double s, double inv_ref) {
   return k;
 }
 
-// Element share of alpha(x, y) - U(x).
+// Element share of alpha(x, y) - U(x). kRef = false: no reference term (inv_ref = h = 0), the
+// same value without the multiply-adds by zero.
+template <bool kRef = true>
 FL_HD double alpha_term(double x, double y, double gx, const RatioCoef& k) {
+  if constexpr (!kRef) return gx * (k.c1 * (y - x) + k.c2 * gx);
   const double G = gx + x * k.inv_ref;
   return G * (k.c1 * (y - x) + k.c2 * G) + k.h * x * x;
 }
 
 // Element share of alpha_x(x, y) - alpha_y(y, x) - (U_x(x) - U_y(y)).
+template <bool kRef = true>
 FL_HD double increment_term(double x, double y, double gx, double gy, const RatioCoef& k) {
+  if constexpr (!kRef) {
+    const double P = gx + gy;
+    return (y - x) * (k.c1 * P) + k.c2 * (gx - gy) * P;
+  }
   const double Gx = gx + x * k.inv_ref, Gy = gy + y * k.inv_ref;
   const double P = Gx + Gy;
   return (y - x) * (k.c1 * P - k.h * (x + y)) + k.c2 * (Gx - Gy) * P;
