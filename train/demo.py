@@ -36,12 +36,14 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
 import fastlangevin as fl
 from models import GaussianMixture2D, eight_gaussians, log_density_grid
+
+from .metrics import mmd
 
 HELP = "fastlangevin.sample() on an 8-Gaussian mixture in 2-D; writes samples.png and metrics.json"
 
@@ -77,32 +79,9 @@ def _hist(x: torch.Tensor) -> torch.Tensor:
     return torch.bincount(flat, minlength=HIST_BINS * HIST_BINS + 1).double() / x.shape[0]
 
 
-def _kernel_mean(a: torch.Tensor, b: Optional[torch.Tensor] = None, bandwidths=MMD_BANDWIDTHS) -> float:
-    """Mean of k(u, v) = sum_bw exp(-|u - v|^2 / (2 bw^2)) over pairs u in a, v in b; over pairs
-    u != v of a when b is None (the unbiased self term)."""
-    d2 = torch.cdist(a, a if b is None else b).pow(2).float()
-    n, m = a.shape[0], (a if b is None else b).shape[0]
-    total = 0.0
-    for bw in bandwidths:
-        s = torch.exp(d2 * (-0.5 / (bw * bw))).sum(dtype=torch.float64).item()
-        total += (s - n) / (n * (n - 1)) if b is None else s / (n * m)  # the diagonal is 1 per bandwidth
-    return total
-
-
-def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, y_self: Optional[float] = None) -> float:
-    """Unbiased MMD^2 between samples x [n, d] and y [m, d] (n, m >= 2) with
-    k = sum_bw exp(-|u - v|^2 / (2 bw^2)), bw in MMD_BANDWIDTHS. y_self: _kernel_mean(y), if known."""
-    x, y = x.double(), y.double()
-    if y_self is None:
-        y_self = _kernel_mean(y)
-    return _kernel_mean(x) + y_self - 2 * _kernel_mean(x, y)
-
-
 @torch.no_grad()
-def walker_metrics(target: GaussianMixture2D, x: torch.Tensor, ref: torch.Tensor,
-                   ref_self: Optional[float] = None) -> dict:
-    """How well walkers x [N, 2] match the target; ref [M, 2] are exact samples of it (ref_self:
-    _kernel_mean(ref[:MMD_MAX_POINTS]) if already known, to save time)."""
+def walker_metrics(target: GaussianMixture2D, x: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How well walkers x [N, 2] match the target; ref [M, 2] are exact samples of it."""
     x, ref = x.detach().cpu().double(), ref.detach().cpu().double()
     tgt = copy.deepcopy(target).to("cpu", torch.float64)  # Module.to() works in place: not on the caller's
     idx, dist = tgt.nearest_mode(x)
@@ -116,7 +95,7 @@ def walker_metrics(target: GaussianMixture2D, x: torch.Tensor, ref: torch.Tensor
         "mean_dist_std": (dist / s).mean().item(),
         "within_3std": (dist <= 3 * s).double().mean().item(),
         "hist_tv": 0.5 * (_hist(x) - _hist(ref)).abs().sum().item(),
-        "mmd2": mmd2_unbiased(x[:MMD_MAX_POINTS], ref[:MMD_MAX_POINTS], ref_self),
+        "mmd2": mmd(x[:MMD_MAX_POINTS], ref[:MMD_MAX_POINTS], bandwidths=MMD_BANDWIDTHS),
         "mean_energy": tgt(x[finite]).mean().item(),
     }
 
@@ -196,10 +175,9 @@ def run_demo(
     cpu_target = eight_gaussians(dtype=torch.float64)  # for the exact samples, metrics and picture
     ref = cpu_target.sample_exact(walkers, torch.Generator().manual_seed(seed + 1))
     ref2 = cpu_target.sample_exact(walkers, torch.Generator().manual_seed(seed + 2))
-    ref_self = _kernel_mean(ref[:MMD_MAX_POINTS].double())
-    initial = walker_metrics(cpu_target, x0, ref, ref_self)
-    final = walker_metrics(cpu_target, res.x, ref, ref_self)
-    exact = walker_metrics(cpu_target, ref2, ref, ref_self)
+    initial = walker_metrics(cpu_target, x0, ref)
+    final = walker_metrics(cpu_target, res.x, ref)
+    exact = walker_metrics(cpu_target, ref2, ref)
 
     metrics = {
         "method": "demo",
