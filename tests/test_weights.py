@@ -105,11 +105,13 @@ def test_matches_formula(device, backend, dtype, shape, step, std, ref_var, nonc
 
 @pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_widened(device, backend, dtype):
-    """16-bit walkers (and float32 energies) are read exactly and reduced in float64."""
+@pytest.mark.parametrize("energy_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_half_inputs_widened(device, backend, dtype, energy_dtype):
+    """16-bit walkers, and energies of any float dtype next to them, are read exactly (the
+    kernels read each energy dtype in place) and reduced in float64."""
     require(device, backend)
     x, y, gx, gy, ux, uy = _data((24, 10), dtype)
-    ux, uy = ux.float(), uy.float()
+    ux, uy = ux.to(energy_dtype), uy.to(energy_dtype)
     a = _per_walker(24, 0.01, 0.1, 3)
     got = W.jarzynski_increment(*(t.to(device) for t in (x, gx, ux, y, gy, uy, a)), 0.3, backend=backend)
     fwd, sf = _alpha_by_hand(x, y, ux, gx, a, 0.3)

@@ -85,11 +85,8 @@ void log_ratio_out_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tenso
   const int64_t row_len = check_log_ratio_args(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t, out);
   const int64_t rows = x.size(0);
   if (rows == 0) return;
-  // [N] values: widening them here costs nothing next to the N * row_len reduction.
-  const at::Tensor ex = energy_x.to(at::kDouble).contiguous();
-  const at::Tensor ey = energy_y ? energy_y->to(at::kDouble).contiguous() : at::Tensor();
-  const double* exp_ = ex.data_ptr<double>();
-  const double* eyp = energy_y ? ey.data_ptr<double>() : nullptr;
+  const EnergyPtr exp_ = energy_ptr(energy_x);
+  const EnergyPtr eyp = energy_y ? energy_ptr(*energy_y) : exp_;
   const double* a_row = step_t ? step_t->data_ptr<double>() : nullptr;
   const double* s_row = std_t ? std_t->data_ptr<double>() : nullptr;
   double* o = out.data_ptr<double>();

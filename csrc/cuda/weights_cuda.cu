@@ -24,23 +24,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// An [N] energy of any float dtype read as double, so a float32 energy next to float64 walkers
-// (or the reverse) needs no conversion kernel.
-struct EnergyPtr {
-  const void* p;
-  c10::ScalarType t;
-  __device__ __forceinline__ double operator[](int64_t r) const {
-    switch (t) {
-      case c10::ScalarType::Double: return static_cast<const double*>(p)[r];
-      case c10::ScalarType::Float: return static_cast<const float*>(p)[r];
-      case c10::ScalarType::Half: return static_cast<float>(static_cast<const at::Half*>(p)[r]);
-      default: return static_cast<float>(static_cast<const at::BFloat16*>(p)[r]);
-    }
-  }
-};
-
-EnergyPtr energy_ptr(const at::Tensor& e) { return EnergyPtr{e.data_ptr(), e.scalar_type()}; }
-
 struct RatioArgs {
   const double* step_t;  // [N] or nullptr
   const double* std_t;   // [N] or nullptr
