@@ -101,6 +101,9 @@ def _walkers_step(energy, x, g, u, log_w, anc_identity):
         do, torch.zeros_like(log_w), log_w), do
 
 
+@pytest.mark.xfail(tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 14), strict=False,
+                   reason="Dynamo before torch 2.14 graph-breaks on requires_grad_() (seen on 2.11.0; "
+                          "2.12 and 2.13 not tried); CI runs 2.14.1, where this must pass")
 def test_walkers_step_fullgraph():
     """autograd.grad of the energy inside the compiled function needs Dynamo's
     trace_autograd_ops (off by default in torch 2.14); with it the whole step is one graph.
