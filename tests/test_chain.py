@@ -79,6 +79,39 @@ def test_kernel_equals_reference(device, backend, dtype, mode, kind, d):
     assert torch.equal(x0.cpu(), _x0(n, d, dtype, scale=scale))
 
 
+@pytest.mark.parametrize("device,backend", KERNEL_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["ula", "weights", "mh"])
+def test_zero_weight_components(device, backend, dtype, mode):
+    """mixture_chain with components of weight exactly 0 (log_coef = -inf; GaussianMixture
+    refuses them, the chain op takes them), first and in the middle: the component drops out of
+    U and its gradient, as in the reference and in the chain without it. A running logsumexp
+    whose max is still -inf took exp(-inf - -inf) = NaN in the CUDA and Triton kernels (found by
+    review; the CPU kernel selected 0)."""
+    require(device, backend)
+    d, n, steps = 6, 64, 5
+    gen = torch.Generator().manual_seed(2)
+    means = 2 * torch.randn(4, d, generator=gen, dtype=dtype)
+    inv_var = 0.5 + torch.rand(4, d, generator=gen, dtype=dtype)
+    log_coef = torch.tensor([0.0, 0.3, 0.0, 0.7], dtype=dtype).log()  # components 0 and 2 weigh 0
+    x0 = _x0(n, d, dtype)
+    kw = dict(seed=5, mode=mode)
+    got = mixture_chain(x0.to(device), means.to(device), inv_var.to(device), log_coef.to(device), steps, 0.05,
+                        backend=backend, **kw)
+    want = mixture_chain(x0, means, inv_var, log_coef, steps, 0.05, backend="reference", **kw)
+    keep = [1, 3]  # the same chain without the zero-weight components
+    alone = mixture_chain(x0, means[keep], inv_var[keep], log_coef[keep], steps, 0.05, backend="reference", **kw)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    assert torch.isfinite(got.energy).all() and torch.isfinite(got.grad).all()
+    for w in (want, alone):
+        torch.testing.assert_close(got.x.cpu(), w.x, **tol)
+        torch.testing.assert_close(got.energy.cpu(), w.energy, **tol)
+        torch.testing.assert_close(got.grad.cpu(), w.grad, **tol)
+        assert torch.equal(got.accepted.cpu(), w.accepted)
+        if mode == "weights":
+            torch.testing.assert_close(got.log_w.cpu(), w.log_w, rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-9)
+
+
 @pytest.mark.parametrize("device,backend", CASES)
 def test_log_w_steps_are_the_per_step_weights(device, backend):
     require(device, backend)

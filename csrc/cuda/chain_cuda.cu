@@ -115,8 +115,11 @@ __device__ __forceinline__ T mixture_eval(const T (&v)[PER_LANE], T (&g)[PER_LAN
     }
     const T q = coef[k] - T(0.5) * warp_allsum(part);
     const T nmx = q > mx ? q : mx;
-    const T scale = dev_exp(mx - nmx);  // 0 on the first component (mx = -inf)
-    const T e = dev_exp(q - nmx);
+    // shift by 0 while the max is still -inf (the first component, or leading components of
+    // zero weight, log_coef = -inf): exp(-inf - 0) = 0 where exp(-inf - -inf) would be NaN
+    const T shift = nmx == -std::numeric_limits<T>::infinity() ? T(0) : nmx;
+    const T scale = dev_exp(mx - shift);
+    const T e = dev_exp(q - shift);
     sum = sum * scale + e;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) g[i] = g[i] * scale + e * div[i];

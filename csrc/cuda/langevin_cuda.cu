@@ -88,10 +88,12 @@ __device__ __forceinline__ acc_t step_one(acc_t xv, acc_t gv, acc_t xi, acc_t a,
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void langevin_step_kernel(const scalar_t* __restrict__ x,      // [N, ...]
+// x and y carry no __restrict__: langevin_step(..., out=x) passes one buffer as both (each
+// element is read, then written, by the same thread, but restrict-qualified aliasing is UB).
+__global__ void langevin_step_kernel(const scalar_t* x,                   // [N, ...]
                                      const scalar_t* __restrict__ g,      // [N, ...]
                                      const scalar_t* __restrict__ noise,  // [N, ...] or nullptr
-                                     scalar_t* __restrict__ y,            // [N, ...]
+                                     scalar_t* y,                         // [N, ...], may be x
                                      int64_t n, StepArgs<acc_t> p) {
   const int64_t nblocks = (n + 3) / 4;
   const bool per_row = p.step_t != nullptr || p.std_t != nullptr;

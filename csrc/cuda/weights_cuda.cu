@@ -5,8 +5,9 @@
 // Lanes stride through the row (consecutive lanes read consecutive elements: coalesced), each
 // keeps a float64 partial sum, the warp reduces by shuffles and a block group finishes through
 // shared memory. Every input element is read once; the only write is one double per walker.
-// Compiled for each input dtype x {warp, block} group: 8 small kernels, one file (nvcc time on
-// a 2-core CI machine is the constraint, see langevin_cuda.cu).
+// Compiled for each input dtype x {warp, block} group x {reference term, none}: 16 small
+// kernels, one file (nvcc time on a 2-core CI machine is the constraint, see langevin_cuda.cu;
+// this file: ~27 s for sm_90 at -O3 on that machine).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -38,7 +39,9 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;
 }
 
-template <typename scalar_t, int kGroup>
+// kRef = false: no reference term (inv_ref = 0), as in the CPU kernel, so a non-finite x or y
+// without a reference term gives the CPU's +-inf rather than inf * 0 = NaN.
+template <typename scalar_t, int kGroup, bool kRef>
 __global__ void __launch_bounds__(kThreads)
 log_ratio_kernel(const scalar_t* __restrict__ x,   // [N, row_len]
                  const scalar_t* __restrict__ y,   // [N, row_len]
@@ -60,13 +63,13 @@ log_ratio_kernel(const scalar_t* __restrict__ x,   // [N, row_len]
     if (p.two_sided) {
 #pragma unroll 4
       for (int64_t i = i0 + lane; i < i0 + p.row_len; i += kGroup) {
-        acc += increment_term(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(gx[i]),
+        acc += increment_term<kRef>(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(gx[i]),
                               static_cast<double>(gy[i]), k);
       }
     } else {
 #pragma unroll 4
       for (int64_t i = i0 + lane; i < i0 + p.row_len; i += kGroup) {
-        acc += alpha_term(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(gx[i]), k);
+        acc += alpha_term<kRef>(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(gx[i]), k);
       }
     }
     acc = warp_sum(acc);
@@ -113,14 +116,15 @@ void log_ratio_out_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tens
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "log_ratio_cuda", [&] {
     const scalar_t* gyp = grad_y ? grad_y->data_ptr<scalar_t>() : nullptr;
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream>>>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                            grad_x.data_ptr<scalar_t>(), gyp, ex, ey, out.data_ptr<double>(), p);
+    };
+    const bool ref = inv_ref_var != 0.0;
     if (warp_rows) {
-      log_ratio_kernel<scalar_t, 32><<<grid, kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), gyp, ex, ey,
-          out.data_ptr<double>(), p);
+      ref ? launch(log_ratio_kernel<scalar_t, 32, true>) : launch(log_ratio_kernel<scalar_t, 32, false>);
     } else {
-      log_ratio_kernel<scalar_t, kThreads><<<grid, kThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), gyp, ex, ey,
-          out.data_ptr<double>(), p);
+      ref ? launch(log_ratio_kernel<scalar_t, kThreads, true>) : launch(log_ratio_kernel<scalar_t, kThreads, false>);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

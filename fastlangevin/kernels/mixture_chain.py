@@ -63,8 +63,11 @@ def _mixture_eval(b_v, p_means, p_iv, p_coef, o_d, m_d, d, n_comp, BLOCK_N: tl.c
         div = diff * b_iv[None, :]
         q = coef - 0.5 * tl.sum(diff * div, axis=1)
         new_max = tl.maximum(b_max, q)
-        scale = tl.exp(b_max - new_max)  # 0 on the first component (b_max = -inf)
-        w = tl.exp(q - new_max)
+        # shift by 0 while the max is still -inf (the first component, or leading components of
+        # zero weight, log_coef = -inf): exp(-inf - 0) = 0 where exp(-inf - -inf) would be NaN
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        scale = tl.exp(b_max - shift)
+        w = tl.exp(q - shift)
         b_sum = b_sum * scale + w
         b_gacc = b_gacc * scale[:, None] + w[:, None] * div
         b_max = new_max
