@@ -118,6 +118,16 @@ def test_triton_kernels_compile_for_a_gpu():
                     sig[n] = "i64" if ("seed" in n or "off" in n) else "i32"
             k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
             assert "cubin" in k.asm, fn
+            # The JIT turns an int argument equal to 1 into a constant unless the kernel lists it
+            # in do_not_specialize; a constant has no .to() (a single walker broke resampling).
+            # Each variant once more, every such argument at 1, as the JIT would compile it (all
+            # variants: only the stratified and systematic resampling variants failed).
+            ones = {p.name: 1 for p in fn.params if sig[p.name] in ("i32", "i64") and not p.do_not_specialize}
+            if ones:
+                sig1 = {n: "constexpr" if n in ones else t for n, t in sig.items()}
+                k = triton.compile(ASTSource(fn=fn, signature=sig1, constexprs={**consts, **ones}),
+                                   target=GPUTarget("cuda", 90, 32))
+                assert "cubin" in k.asm, (fn, ones)
 
         compile_(L._philox_kernel, dict(BLOCK=256))
         for fp64 in (False, True):

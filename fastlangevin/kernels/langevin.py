@@ -107,7 +107,9 @@ def _box_muller(wa, wb, FP64: tl.constexpr):
         ang = u_t.to(tl.float64) * 6.283185307179586476925
         return rad * tl.cos(ang), rad * tl.sin(ang)
     else:
-        rad = tl.sqrt(-2.0 * _log_unit_f32(u_r))
+        # sqrt_rn: IEEE square root, as the C++ kernels' sqrtf (tl.sqrt compiles to
+        # sqrt.approx.ftz.f32, a bit-level difference from the other backends)
+        rad = tl.sqrt_rn(-2.0 * _log_unit_f32(u_r))
         s, c = _sincos_2pi_f32(u_t)
         return rad * c, rad * s
 

@@ -100,7 +100,11 @@ def _mlp_eval(b_v, p_fwd, p_bwd, p_b, p_head, o_d, o_h, DP: tl.constexpr, HP: tl
     return b_u, _back(delta, p_bwd, o_h, o_d, DP, HP) + inv_ref * b_v
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "n_steps"])
+# n and d too: specialised at 1 (one walker, or a 1-d energy), triton 3.6's ptxas segfaults on the
+# float64 ULA and MALA variants (seen compiling for sm_90; 3.8 compiles them). Not specialising
+# them also spares a compile per shape class (n, d divisible by 16 or not); loads are masked by
+# DP / BLOCK_N either way.
+@triton.jit(do_not_specialize=["n", "d", "seed_lo", "seed_hi", "off_lo", "off_hi", "n_steps"])
 def _mlp_chain_kernel(
     p_x, p_u, p_g,                 # [N, d], [N], [N, d] (x's dtype): state, updated in place
     p_fwd, p_bwd, p_b, p_head,     # packed weights (x's dtype; see _mlp_eval and pack_weights)

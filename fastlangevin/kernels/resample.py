@@ -71,7 +71,11 @@ def _resample_uniforms_dev_kernel(p_out, n, p_seed, p_off, BLOCK: tl.constexpr):
     tl.store(p_out + o_j, _resample_uniforms(o_j, seed_lo, seed_hi, off_lo, off_hi), mask=o_j < n)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+# n and n_steps too: Triton turns an int argument equal to 1 into a compile-time constant unless
+# told not to, and triton 3.6 has no .to() on a constant (`n.to(tl.float64)` below: a single
+# walker failed to compile for the stratified and systematic schemes; 3.8 compiles it, and the
+# interpreter passes plain ints). tests/test_build.py compiles every kernel as the JIT would at 1.
+@triton.jit(do_not_specialize=["n", "n_steps", "seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _resample_kernel(
     p_lw_max, p_cdf, p_last,  # 0-d float64, [n] float64, 0-d int64
     p_counts_cum, p_res_cdf, p_res_last,  # residual only: [n] int64, [n] float64, 0-d int64
