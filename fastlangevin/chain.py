@@ -32,7 +32,8 @@ dispatch rule is one protocol method per kernel,
 checked in that order, and only when the parameters' dimension and device match the walkers'
 and the kernel runs on the backend (MIXTURE_CHAIN_BACKENDS, DOUBLE_WELL_CHAIN_BACKENDS,
 MLP_CHAIN_BACKENDS; the mixture / double-well "cuda" kernels for d <= 512 only; the MLP chain
-on backend "cuda" is the Triton kernel, so only where triton is installed). Everything else
+on backend "cuda" is the Triton kernel, so only where triton is installed, and on a GPU for
+d <= 128, TRITON_MLP_MAX_D). Everything else
 (another energy, a larger MLP, a backend without the kernel) runs step by step.
 See sample() and Walkers.step() for the other conditions (float step sizes, no clamp, ...).
 """
@@ -333,6 +334,11 @@ MLP_ACTS = reference.MLP_ACTS  # ("silu", "softplus", "tanh"), the kernel's act 
 # The fused kernel's limits: its buffers are sized for these (csrc/cpu/mlp_chain_cpu.cpp
 # kMaxDepth / kMaxHidden), the sizes of 2-D toys, tabular data and 8x8 digits.
 MLP_MAX_DEPTH, MLP_MAX_HIDDEN = 4, 128
+# The Triton MLP kernel on CUDA tensors: walkers of d <= 128 (DP, the next power of 2 >= d, at
+# most 128). Its state tiles [BLOCK_N, DP] live in registers, and compiled for sm_90 at DP 256
+# float64 it needs 296 KB of shared memory (the H100 / H200 have 227 KB). Larger walkers (MNIST's
+# 784) run step by step.
+TRITON_MLP_MAX_D = 128
 
 
 def mlp_chain_params_of(energy):
@@ -402,6 +408,8 @@ def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
             if x.device.type != "cuda" or _backend._available("triton", x.device) is not None:
                 return None
         elif backend is not None and backend not in MLP_CHAIN_BACKENDS:
+            return None
+        if x.device.type == "cuda" and x.shape[1] > TRITON_MLP_MAX_D:
             return None
 
         def run(xx, n_steps, a, s=None, **kw):
@@ -495,6 +503,10 @@ def mlp_chain(
         raise ValueError(f"{op}: backend {be!r} has no fused MLP chain kernel (available: {MLP_CHAIN_BACKENDS}; "
                          "on CUDA tensors use backend 'triton'); sample() and Walkers route CUDA walkers to the "
                          "Triton kernel, or run step by step where triton is missing")
+    if be == "triton" and x.device.type == "cuda" and d > TRITON_MLP_MAX_D:
+        raise ValueError(f"{op}: the Triton kernel runs CUDA walkers of dimension d <= {TRITON_MLP_MAX_D} (its "
+                         f"state tiles live in registers), got d = {d}; sample() and Walkers run such walkers "
+                         "step by step")
     weights = [w.detach().to(x.dtype).contiguous() for w in weights]
     biases = [b.detach().to(x.dtype).contiguous() for b in biases]
     energy_fn = lambda y: reference.mlp_energy_ref(y, weights, biases, act, inv_ref_var)  # noqa: E731

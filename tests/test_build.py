@@ -102,7 +102,7 @@ def test_triton_kernels_compile_for_a_gpu():
         FLOATS = {"step", "noise_std", "inv_ref", "clip", "lo", "hi", "step_l", "noise_std_l", "inv_ref_l", "clip_l",
                   "lo_l", "hi_l", "a_hi", "a_lo", "s_hi", "s_lo", "r_hi", "r_lo", "head_bias"}
 
-        def compile_(fn, consts, ptr="*fp32", **over):
+        def compile_(fn, consts, ptr="*fp32", options=None, at_one=True, **over):
             sig = {}
             for p in fn.params:
                 n = p.name
@@ -116,18 +116,20 @@ def test_triton_kernels_compile_for_a_gpu():
                     sig[n] = "fp32"
                 else:
                     sig[n] = "i64" if ("seed" in n or "off" in n) else "i32"
-            k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+            k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                               options=options or {})
             assert "cubin" in k.asm, fn
             # The JIT turns an int argument equal to 1 into a constant unless the kernel lists it
             # in do_not_specialize; a constant has no .to() (a single walker broke resampling).
             # Each variant once more, every such argument at 1, as the JIT would compile it (all
             # variants: only the stratified and systematic resampling variants failed).
             ones = {p.name: 1 for p in fn.params if sig[p.name] in ("i32", "i64") and not p.do_not_specialize}
-            if ones:
+            if ones and at_one:
                 sig1 = {n: "constexpr" if n in ones else t for n, t in sig.items()}
-                k = triton.compile(ASTSource(fn=fn, signature=sig1, constexprs={**consts, **ones}),
-                                   target=GPUTarget("cuda", 90, 32))
-                assert "cubin" in k.asm, (fn, ones)
+                k1 = triton.compile(ASTSource(fn=fn, signature=sig1, constexprs={**consts, **ones}),
+                                    target=GPUTarget("cuda", 90, 32), options=options or {})
+                assert "cubin" in k1.asm, (fn, ones)
+            return k
 
         compile_(L._philox_kernel, dict(BLOCK=256))
         for fp64 in (False, True):
@@ -146,12 +148,21 @@ def test_triton_kernels_compile_for_a_gpu():
                                            STD_T=False), p_out="*fp64")
         # the MLP chain: every mode in float32 and float64 (a float64 tl.dot lowers to the f64 MMA,
         # mma.sync m8n8k4, on sm_80+), then the other depths with every activation
-        mlp = lambda ptr, **c: compile_(M._mlp_chain_kernel, dict(BLOCK_N=16, DP=16, HP=32, **c), ptr)
+        # the MLP chain with its launch options (one pipeline stage), which keep even the largest
+        # sizes it takes on a GPU (d, hidden <= 128, depth 4) inside the H100 / H200's 227 KB
+        # of shared memory (the default 3 stages needed up to 2.1 MB: OutOfResources at launch)
+        mlp = lambda ptr, dp=16, hp=32, at_one=True, **c: compile_(
+            M._mlp_chain_kernel, dict(BLOCK_N=16, DP=dp, HP=hp, **c), ptr, options=M.LAUNCH_OPTIONS, at_one=at_one)
         for fp64 in (False, True):
             for mode in (0, 1, 2):
                 mlp("*fp64" if fp64 else "*fp32", DEPTH=3, ACT=mode, MODE=mode, FP64=fp64, STEPS=mode == 1)
         for depth, act in ((1, 1), (2, 2), (4, 0)):
             mlp("*fp32", DEPTH=depth, ACT=act, MODE=1, FP64=False, STEPS=True)
+        from fastlangevin.chain import MLP_MAX_DEPTH, MLP_MAX_HIDDEN, TRITON_MLP_MAX_D
+        for fp64 in (False, True):
+            k = mlp("*fp64" if fp64 else "*fp32", dp=TRITON_MLP_MAX_D, hp=MLP_MAX_HIDDEN, at_one=False,
+                    DEPTH=MLP_MAX_DEPTH, ACT=0, MODE=1, FP64=fp64, STEPS=True)
+            assert k.metadata.shared <= 232448, (fp64, k.metadata.shared)
         print("ok")
         """
     )

@@ -289,3 +289,27 @@ def test_cuda_backend_runs_the_triton_kernel():
     want = mlp_chain(x0, ws, bs, act, 3, 0.3, inv_ref_var=inv_ref, seed=2, mode="mh", backend="triton")
     for k in ("x", "energy", "grad", "accepted"):
         assert torch.equal(getattr(got, k), getattr(want, k)), k
+
+
+@pytest.mark.cuda
+def test_wide_walkers_on_a_gpu_run_step_by_step():
+    """On CUDA tensors the Triton MLP kernel takes d <= TRITON_MLP_MAX_D (its state tiles live in
+    registers; d = 256 in float64 would need 296 KB of shared memory): wider walkers get no fused
+    chain, and sample() runs them step by step, equal to the plain loop; the kernel called
+    directly says why."""
+    from fastlangevin.chain import TRITON_MLP_MAX_D
+
+    require("cuda", "triton")
+    d = TRITON_MLP_MAX_D + 1
+    e = _mlp(d, 16, 2).cuda()
+    x0 = _x0(8, d, torch.float64).cuda()
+    assert fused_chain_of(e, x0) is None and fused_chain_of(e, x0, "cuda") is None
+    res = fl.sample(e, x0, 3, 0.01, seed=1)
+    loop = fl.sample(lambda x: e(x), x0, 3, 0.01, seed=1)
+    torch.testing.assert_close(res.x, loop.x, rtol=1e-10, atol=1e-10)
+    ws, bs, act, inv_ref = e.mlp_chain_params()
+    with pytest.raises(ValueError, match=rf"mlp_chain: the Triton kernel runs CUDA walkers of dimension d <= "
+                                         rf"{TRITON_MLP_MAX_D} .* got d = {d}"):
+        mlp_chain(x0, ws, bs, act, 3, 0.01, backend="triton")
+    small = _mlp(TRITON_MLP_MAX_D, 16, 2).cuda()
+    assert fused_chain_of(small, _x0(8, TRITON_MLP_MAX_D, torch.float64).cuda()) is not None

@@ -33,6 +33,14 @@ from .langevin import _words, f32_halves
 
 ACTS = ("silu", "softplus", "tanh")
 
+# num_stages=1: no software pipelining of the n_steps loop. Each step depends on the one before,
+# so there is nothing to overlap, and the default (3 on sm_90) multi-buffers every weight tile:
+# compiled for sm_90 (triton 3.8, BLOCK_N 16, weights mode) the dynamic shared memory at the
+# default was 567 KB for float32 [DP 16, HP 128, depth 3] and 2.1 MB for float64 [128, 128, 4],
+# far over the H100 / H200's 227 KB (OutOfResources at launch: the default MLPEnergy did not
+# run); with 1 stage, 74 KB and 148 KB. tests/test_build.py checks the largest admitted sizes.
+LAUNCH_OPTIONS = dict(num_warps=4, num_stages=1)
+
 
 @triton.jit
 def _act(z, ACT: tl.constexpr):
@@ -181,5 +189,5 @@ def mlp_chain_triton(x, energy, grad, weights, biases, act: str, inv_ref_var: fl
         x, energy, grad, fwd, bwd, bias, head, lw, steps, accepted, n, d, n_steps, *f32_halves(step),
         *f32_halves(noise_std), s_lo, s_hi, o_lo, o_hi,
         BLOCK_N=block_n, DP=dp, HP=hp, DEPTH=len(weights) - 1, ACT=ACTS.index(act), MODE=int(mode),
-        FP64=x.dtype == torch.float64, STEPS=log_w_steps is not None and int(mode) == 1,
+        FP64=x.dtype == torch.float64, STEPS=log_w_steps is not None and int(mode) == 1, **LAUNCH_OPTIONS,
     )
