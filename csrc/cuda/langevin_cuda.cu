@@ -87,9 +87,9 @@ __device__ __forceinline__ acc_t step_one(acc_t xv, acc_t gv, acc_t xi, acc_t a,
   return v;
 }
 
-template <typename scalar_t, typename acc_t>
 // x and y carry no __restrict__: langevin_step(..., out=x) passes one buffer as both (each
 // element is read, then written, by the same thread, but restrict-qualified aliasing is UB).
+template <typename scalar_t, typename acc_t>
 __global__ void langevin_step_kernel(const scalar_t* x,                   // [N, ...]
                                      const scalar_t* __restrict__ g,      // [N, ...]
                                      const scalar_t* __restrict__ noise,  // [N, ...] or nullptr

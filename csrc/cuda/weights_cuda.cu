@@ -63,13 +63,14 @@ log_ratio_kernel(const scalar_t* __restrict__ x,   // [N, row_len]
     if (p.two_sided) {
 #pragma unroll 4
       for (int64_t i = i0 + lane; i < i0 + p.row_len; i += kGroup) {
-        acc += increment_term<kRef>(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(gx[i]),
-                              static_cast<double>(gy[i]), k);
+        acc += increment_term<kRef>(static_cast<double>(x[i]), static_cast<double>(y[i]),
+                                    static_cast<double>(gx[i]), static_cast<double>(gy[i]), k);
       }
     } else {
 #pragma unroll 4
       for (int64_t i = i0 + lane; i < i0 + p.row_len; i += kGroup) {
-        acc += alpha_term<kRef>(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(gx[i]), k);
+        acc += alpha_term<kRef>(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(gx[i]),
+                                k);
       }
     }
     acc = warp_sum(acc);
