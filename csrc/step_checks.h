@@ -18,6 +18,12 @@ inline void check_step_args(const at::Tensor& x, const at::Tensor& grad, const s
   TORCH_CHECK(grad.numel() == x.numel() && out.numel() == x.numel(), "langevin_step: grad/out numel != x numel");
   TORCH_CHECK(grad.scalar_type() == x.scalar_type() && out.scalar_type() == x.scalar_type(),
               "langevin_step: grad and out must have x's dtype");
+  // The dispatcher picks the kernel from the highest device among the arguments, so a CPU
+  // step_t next to CUDA walkers reaches the CUDA kernel with a host pointer (an illegal memory
+  // access that kills the context) unless it is refused here.
+  for (const at::Tensor* t : {&grad, &out, noise ? &*noise : &x, step_t ? &*step_t : &x, std_t ? &*std_t : &x})
+    TORCH_CHECK(t->device() == x.device(), "langevin_step: grad, out, noise, step_size and noise_std must be on x's "
+                "device (", x.device(), "), got a tensor on ", t->device());
   const int64_t rows = x.size(0);
   if (noise) TORCH_CHECK(noise->is_contiguous() && noise->numel() == x.numel(), "langevin_step: bad noise tensor");
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

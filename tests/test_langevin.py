@@ -205,6 +205,26 @@ def test_errors():
             step(x, g, 0.1, backend="cuda")
 
 
+@pytest.mark.cuda
+def test_direct_op_call_with_mixed_devices():
+    """torch.ops.fastlangevin.langevin_step_out called directly (no Python checks): the
+    dispatcher sends any call with a CUDA argument to the CUDA kernel, whose launcher must refuse
+    host tensors instead of dereferencing them on the device."""
+    require("cuda", "cuda")
+    x = torch.zeros(64, 2, device="cuda")
+    inf = float("inf")
+    op = torch.ops.fastlangevin.langevin_step_out
+    match = r"langevin_step: grad, out, noise, step_size and noise_std must be on x's device \(cuda:0\)"
+    cpu_a = torch.full((64,), 0.1)
+    with pytest.raises(RuntimeError, match=match + ", got a tensor on cpu"):
+        op(x, torch.zeros_like(x), None, cpu_a, None, 0.0, 0.4, 0.0, inf, -inf, inf, 1, 2, torch.empty_like(x))
+    with pytest.raises(RuntimeError, match=match + ", got a tensor on cpu"):
+        op(x, torch.zeros_like(x), None, None, None, 0.1, 0.4, 0.0, inf, -inf, inf, 1, 2, torch.empty(64, 2))
+    with pytest.raises(RuntimeError, match=r"langevin_step: .* must be on x's device \(cpu\), got a tensor on cuda:0"):
+        xc = torch.zeros(64, 2)
+        op(xc, torch.zeros_like(xc), None, None, None, 0.1, 0.4, 0.0, inf, -inf, inf, 1, 2, x.clone())
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.library.opcheck: schema, fake (meta) kernels, autograd registration, and
 # torch.compile-readiness of every custom op
