@@ -77,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if not torch.cuda.is_available():
             p.error("--device cuda: no CUDA GPU is visible")
+    common.steady_allocator()
 
     summary, payloads = [], []
     t_start = time.perf_counter()

@@ -34,6 +34,50 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# --------------------------------------------------------------------------------------------
+# the CPU allocator
+# --------------------------------------------------------------------------------------------
+
+# glibc's malloc serves a CPU tensor above its mmap threshold (128 KiB at first, raised by the
+# frees it sees, up to 32 MiB) with a fresh mmap, and hands a freed heap top back to the kernel
+# above its trim threshold; a loop that allocates a few [10^4, 50] tensors per step then pays
+# page faults on every step, how many depending on what the process allocated and freed before
+# (an earlier bench module, the warm-up). Measured on the 2-core Zen 4 box, the Carbone GMM's
+# eager autograd loop (10^4 x 50, float32), 5 x 200 steps per process, two processes each:
+# 6.1 to 8.0 ms a step with glibc's defaults, 4.4 to 5.5 with both thresholds fixed as below,
+# 15 to 19 with only the trim threshold set (the mmap threshold then stays at 128 KiB), 6 to 11
+# with only the mmap one. In the bench runs of commit 2b384c5 the eager loop drifted from 4.2
+# to 8.3 ms a step between processes, and every "x eager" ratio with it. So the bench fixes
+# both thresholds for every method of a run: the baselines stop paying a history-dependent cost
+# (the fused paths allocate almost nothing per step, so their times do not move).
+# FASTLANGEVIN_BENCH_MALLOC=system keeps glibc's defaults, to measure what a default process sees.
+STEADY_MMAP_THRESHOLD = 32 << 20  # glibc's maximum (HEAP_MAX_SIZE / 2 on 64-bit)
+STEADY_TRIM_THRESHOLD = 1 << 30
+_allocator = "system default"
+
+
+def steady_allocator() -> str:
+    """Fix glibc malloc's mmap and trim thresholds for this process (see above) unless
+    FASTLANGEVIN_BENCH_MALLOC=system; returns (and env_info records) what the allocator is."""
+    global _allocator
+    if os.environ.get("FASTLANGEVIN_BENCH_MALLOC", "").strip().lower() == "system":
+        _allocator = "system default (FASTLANGEVIN_BENCH_MALLOC=system)"
+        return _allocator
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return _allocator
+    import ctypes
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return _allocator
+    if mallopt(m_mmap_threshold, STEADY_MMAP_THRESHOLD) != 1 or mallopt(m_trim_threshold, STEADY_TRIM_THRESHOLD) != 1:
+        raise RuntimeError("bench: glibc mallopt refused the mmap / trim thresholds")
+    _allocator = f"glibc, mmap threshold {STEADY_MMAP_THRESHOLD >> 20} MiB, trim threshold {STEADY_TRIM_THRESHOLD >> 20} MiB"
+    return _allocator
+
+
 def _cpu_model() -> str:
     """The "model name" line of /proc/cpuinfo (Linux), else platform.processor()."""
     try:
@@ -98,6 +142,7 @@ def env_info(device: Union[str, torch.device, None] = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "git_commit": git_commit(),
         "torch_threads": torch.get_num_threads(),
+        "malloc": _allocator,
         # CPU timings on a shared machine are only as good as its idleness: a busy core stalls
         # every OpenMP barrier of a multi-threaded kernel. Recorded so such runs can be spotted.
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -343,6 +388,7 @@ def bench_main(argv, *, prog: str, description: str, run, report, sizes_help: st
     device = args.device or default_device()
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is visible")
+    steady_allocator()
     sizes = (parse_sizes_fn or parse_sizes)(args.sizes)
     payload = run(device, args.quick, sizes=sizes, verbose=True, **{k: getattr(args, k) for k in own})
     report(payload)

@@ -1,4 +1,5 @@
-"""Smoke tests for the benchmark suite; collected only by ``pytest bench/`` (testpaths is tests/).
+"""Smoke tests for the benchmark suite, collected by the README's test command too (pyproject's
+testpaths are tests/ and bench/).
 
 * test_quick_run: bench_langevin.run("cpu", quick=True) runs and returns positive finite
   times for eager and the cpu backend. No assertion on speed: timings on shared CI machines
@@ -17,6 +18,9 @@
   real graph per shape past dynamo's recompile limit.
 * test_write_results_*: the JSON (device, versions, commit) and its PNG under the same stem;
   ``python -m bench --quick --only bench_conv`` writes the module's and the run's files.
+* test_steady_allocator_*: common.steady_allocator fixes glibc's mmap / trim thresholds (a
+  freed 4 MiB tensor's pages are reused, not faulted in again) and records it in the env;
+  FASTLANGEVIN_BENCH_MALLOC=system leaves the defaults.
 * test_benchmark_*: the same step under pytest-benchmark (``pytest bench/ --benchmark-only``),
   eager vs fastlangevin in one group so its table compares them; skipped without the plugin.
 """
@@ -256,6 +260,48 @@ def test_runner_deadline_and_module_timeout(tmp_path, monkeypatch, capsys, conv_
     out = capsys.readouterr().out
     assert re.search(r"bench_fast +not run: --deadline 0 s reached", out), out
 
+def _glibc_linux():
+    import platform
+
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def _faults_of_fresh_tensor():
+    """Minor page faults while allocating and touching a 4 MiB float32 tensor (1024 pages of
+    4 KiB) right after an equal one was freed."""
+    import resource
+
+    t = torch.empty(1 << 20)
+    t.fill_(1.0)
+    del t
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.empty(1 << 20)
+    t.fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_steady_allocator_reuses_freed_pages():
+    if not _glibc_linux():
+        pytest.skip("glibc's mallopt is Linux/glibc only")
+    assert common.steady_allocator() == "glibc, mmap threshold 32 MiB, trim threshold 1024 MiB"
+    assert common.env_info("cpu")["malloc"] == common.steady_allocator()
+    # The first allocations grow the heap; after that a freed tensor's pages are reused. With
+    # glibc's defaults every one of these allocations is a fresh mmap: ~1024 faults each time
+    # on the dev box (transparent huge pages on madvise only).
+    faults = [_faults_of_fresh_tensor() for _ in range(4)]
+    assert faults[-1] < 64, faults
+
+
+def test_steady_allocator_system_opt_out(monkeypatch):
+    monkeypatch.setenv("FASTLANGEVIN_BENCH_MALLOC", "system")
+    try:
+        assert common.steady_allocator() == "system default (FASTLANGEVIN_BENCH_MALLOC=system)"
+        assert common.env_info("cpu")["malloc"] == "system default (FASTLANGEVIN_BENCH_MALLOC=system)"
+    finally:
+        monkeypatch.delenv("FASTLANGEVIN_BENCH_MALLOC")
+        common.steady_allocator()  # what the label says again (the thresholds themselves stay set)
+
+
 if not HAVE_PYTEST_BENCHMARK:
     # The plugin provides the `benchmark` fixture; without it the tests below would error at
     # setup ("fixture 'benchmark' not found"). This stand-in skips them instead. It is only
@@ -267,7 +313,9 @@ if not HAVE_PYTEST_BENCHMARK:
 
 @pytest.fixture(scope="module")
 def walkers():
-    """x, grad, out: float32 [4096, 784] on CPU."""
+    """x, grad, out: float32 [4096, 784] on CPU, under the bench's steady allocator (as
+    ``python -m bench`` runs: eager's fresh [4096, 784] tensors are not page-faulted in anew)."""
+    common.steady_allocator()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(PB_SHAPE, generator=gen)
     g = torch.randn(PB_SHAPE, generator=gen)
