@@ -46,8 +46,8 @@ def default_device() -> str:
 # eager autograd loop (10^4 x 50, float32), 5 x 200 steps per process, two processes each:
 # 6.1 to 8.0 ms a step with glibc's defaults, 4.4 to 5.5 with both thresholds fixed as below,
 # 15 to 19 with only the trim threshold set (the mmap threshold then stays at 128 KiB), 6 to 11
-# with only the mmap one. In the bench runs of commit 2b384c5 the eager loop drifted from 4.2
-# to 8.3 ms a step between processes, and every "x eager" ratio with it. So the bench fixes
+# with only the mmap one. In five bench runs of commits ee478aa / 2b384c5 the eager loop
+# drifted from 4.2 to 8.3 ms a step between processes, and every "x eager" ratio with it. So the bench fixes
 # both thresholds for every method of a run: the baselines stop paying a history-dependent cost
 # (the fused paths allocate almost nothing per step, so their times do not move).
 # FASTLANGEVIN_BENCH_MALLOC=system keeps glibc's defaults, to measure what a default process sees.
