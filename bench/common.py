@@ -47,9 +47,10 @@ def default_device() -> str:
 # 6.1 to 8.0 ms a step with glibc's defaults, 4.4 to 5.5 with both thresholds fixed as below,
 # 15 to 19 with only the trim threshold set (the mmap threshold then stays at 128 KiB), 6 to 11
 # with only the mmap one. In five bench runs of commits ee478aa / 2b384c5 the eager loop
-# drifted from 4.2 to 8.3 ms a step between processes, and every "x eager" ratio with it. So the bench fixes
-# both thresholds for every method of a run: the baselines stop paying a history-dependent cost
-# (the fused paths allocate almost nothing per step, so their times do not move).
+# drifted from 4.2 to 8.3 ms a step between processes, and every "x eager" ratio with it. So
+# the bench fixes both thresholds for every method of a run: the baselines stop paying a
+# history-dependent cost (the fused paths allocate almost nothing per step; their times do not
+# move).
 # FASTLANGEVIN_BENCH_MALLOC=system keeps glibc's defaults, to measure what a default process sees.
 STEADY_MMAP_THRESHOLD = 32 << 20  # glibc's maximum (HEAP_MAX_SIZE / 2 on 64-bit)
 STEADY_TRIM_THRESHOLD = 1 << 30
@@ -72,9 +73,11 @@ def steady_allocator() -> str:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return _allocator
-    if mallopt(m_mmap_threshold, STEADY_MMAP_THRESHOLD) != 1 or mallopt(m_trim_threshold, STEADY_TRIM_THRESHOLD) != 1:
+    if (mallopt(m_mmap_threshold, STEADY_MMAP_THRESHOLD) != 1
+            or mallopt(m_trim_threshold, STEADY_TRIM_THRESHOLD) != 1):
         raise RuntimeError("bench: glibc mallopt refused the mmap / trim thresholds")
-    _allocator = f"glibc, mmap threshold {STEADY_MMAP_THRESHOLD >> 20} MiB, trim threshold {STEADY_TRIM_THRESHOLD >> 20} MiB"
+    _allocator = (f"glibc, mmap threshold {STEADY_MMAP_THRESHOLD >> 20} MiB, "
+                  f"trim threshold {STEADY_TRIM_THRESHOLD >> 20} MiB")
     return _allocator
 
 
