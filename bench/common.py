@@ -57,6 +57,11 @@ STEADY_TRIM_THRESHOLD = 1 << 30
 _allocator = "system default"
 
 
+def glibc_linux() -> bool:
+    """Whether this process runs on Linux with glibc (where mallopt exists)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def steady_allocator() -> str:
     """Fix glibc malloc's mmap and trim thresholds for this process (see above) unless
     FASTLANGEVIN_BENCH_MALLOC=system; returns (and env_info records) what the allocator is."""
@@ -64,7 +69,7 @@ def steady_allocator() -> str:
     if os.environ.get("FASTLANGEVIN_BENCH_MALLOC", "").strip().lower() == "system":
         _allocator = "system default (FASTLANGEVIN_BENCH_MALLOC=system)"
         return _allocator
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not glibc_linux():
         return _allocator
     import ctypes
 

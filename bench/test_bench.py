@@ -18,9 +18,9 @@ testpaths are tests/ and bench/).
   real graph per shape past dynamo's recompile limit.
 * test_write_results_*: the JSON (device, versions, commit) and its PNG under the same stem;
   ``python -m bench --quick --only bench_conv`` writes the module's and the run's files.
-* test_steady_allocator_*: common.steady_allocator fixes glibc's mmap / trim thresholds (a
-  freed 4 MiB tensor's pages are reused, not faulted in again) and records it in the env;
-  FASTLANGEVIN_BENCH_MALLOC=system leaves the defaults.
+* test_steady_allocator_*: common.steady_allocator fixes glibc's mmap / trim thresholds (the
+  eager GMM step stops page-faulting its tensors in; with FASTLANGEVIN_BENCH_MALLOC=system,
+  glibc's defaults, it does) and records it in the env.
 * test_benchmark_*: the same step under pytest-benchmark (``pytest bench/ --benchmark-only``),
   eager vs fastlangevin in one group so its table compares them; skipped without the plugin.
 """
@@ -260,36 +260,60 @@ def test_runner_deadline_and_module_timeout(tmp_path, monkeypatch, capsys, conv_
     out = capsys.readouterr().out
     assert re.search(r"bench_fast +not run: --deadline 0 s reached", out), out
 
-def _glibc_linux():
-    import platform
-
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-
-
-def _faults_of_fresh_tensor():
-    """Minor page faults while allocating and touching a 4 MiB float32 tensor (1024 pages of
-    4 KiB) right after an equal one was freed."""
-    import resource
-
-    t = torch.empty(1 << 20)
-    t.fill_(1.0)
-    del t
+# Minor page faults per step of the bench's eager GMM loop (the autograd step on 10^4 x 50
+# walkers), in a fresh process so that only this loop's own allocations count: 10 steps of
+# warm-up, then 60 steps counted one by one: how many of them faulted more than 100 pages in (a
+# [10^4, 50] float32 tensor is 489 pages), and the counts.
+_EAGER_FAULTS_SCRIPT = r"""
+import resource, torch
+from bench import common
+common.steady_allocator()
+from bench.baselines import autograd_step
+from bench.bench_chain import NOISE_STD, STEP_SIZE, carbone_gmm, gmm_energy
+torch.manual_seed(0)
+gmm = carbone_gmm(50)
+energy = lambda v: gmm_energy(v, gmm.means, -gmm.log_weights)
+x = torch.randn(10000, 50)
+for _ in range(10):
+    x = autograd_step(energy, x, STEP_SIZE, NOISE_STD)
+faults = []
+for _ in range(60):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t = torch.empty(1 << 20)
-    t.fill_(1.0)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    x = autograd_step(energy, x, STEP_SIZE, NOISE_STD)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(common.steady_allocator(), sum(f > 100 for f in faults), faults, sep="\n")
+"""
 
 
-def test_steady_allocator_reuses_freed_pages():
-    if not _glibc_linux():
+def _eager_faults_per_step(malloc_env: str):
+    """(the allocator label, the steps that faulted > 100 pages in, the 60 counts), measured in
+    a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FASTLANGEVIN_BENCH_MALLOC=malloc_env)
+    r = subprocess.run([sys.executable, "-c", _EAGER_FAULTS_SCRIPT], env=env, capture_output=True, text=True,
+                       cwd=common.REPO_ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    label, faulting, faults = r.stdout.strip().splitlines()[-3:]
+    return label, int(faulting), faults
+
+
+def test_steady_allocator_stops_eager_page_faults():
+    if not common.glibc_linux():
         pytest.skip("glibc's mallopt is Linux/glibc only")
     assert common.steady_allocator() == "glibc, mmap threshold 32 MiB, trim threshold 1024 MiB"
     assert common.env_info("cpu")["malloc"] == common.steady_allocator()
-    # The first allocations grow the heap; after that a freed tensor's pages are reused. With
-    # glibc's defaults every one of these allocations is a fresh mmap: ~1024 faults each time
-    # on the dev box (transparent huge pages on madvise only).
-    faults = [_faults_of_fresh_tensor() for _ in range(4)]
-    assert faults[-1] < 64, faults
+    # Steps of 60 that faulted more than 100 pages in, ten processes each on the dev box: 0 to 3
+    # with the steady thresholds (the heap still grows now and then), 14 to 42 with glibc's
+    # defaults (the tensors' pages mapped in anew).
+    label, steady, counts = _eager_faults_per_step("")
+    assert label == "glibc, mmap threshold 32 MiB, trim threshold 1024 MiB"
+    assert steady <= 6, counts
+    label, default, counts = _eager_faults_per_step("system")
+    assert label == "system default (FASTLANGEVIN_BENCH_MALLOC=system)"
+    assert default >= 10, counts
 
 
 def test_steady_allocator_system_opt_out(monkeypatch):
