@@ -38,7 +38,8 @@ def _tol(dtype):
     ("tanh", 4, 7, 2, 1.0),         # 2-D toy, deepest
 ])
 def test_cpu_kernel_equals_reference(dtype, mode, act, depth, hidden, d, ref_var):
-    """83 walkers: several 36-row tiles, a last tile not a multiple of the 6-row micro-kernel."""
+    """83 walkers: 36-row tiles and a last 12-row block with 11 rows (the micro-kernels run 6 rows in
+    ymm, 12 in zmm); the widths leave the 2-vector blocks one-vector tails."""
     require("cpu", "cpu")
     e = _mlp(d, hidden, depth, act, ref_var, dtype)
     x0 = _x0(83, d, dtype)

@@ -202,6 +202,12 @@ gmm = GaussianMixture(m, torch.tensor([0.3, 0.7]).log(), learnable=False)
 out["mixture"] = fl.sample(gmm, x, 20, 0.05, seed=3).x
 mlp = MLPEnergy(50, hidden=32, depth=2)
 out["mlp"] = fl.sample(mlp, x, 10, 0.01, seed=4).x
+# widths that leave the AVX-512 micro-kernel a one-vector tail block (padded d = 16 floats,
+# hidden 24 = 16 + 8 doubles), 83 walkers (a last 12-row block with 11 rows), MALA, float64
+mlp = MLPEnergy(5, hidden=24, depth=3).double()
+out["mlp64"] = fl.sample(mlp, x[:83, :5].double(), 10, 0.05, seed=5, mh=True).x
+mlp = MLPEnergy(2, hidden=7, depth=4, act="tanh")
+out["mlp-tail"] = fl.sample(mlp, x[:83, :2], 10, 0.05, seed=6).x
 g, y, gy = torch.randn(300, 50), torch.randn(300, 50), torch.randn(300, 50)
 u, uy = torch.randn(300), torch.randn(300)
 out["increment"] = fl.jarzynski_increment(x, g, u, y, gy, uy, 0.01, 0.2, backend="cpu")
