@@ -31,6 +31,9 @@ method that ran every FLOP at the matmul rate. On the idle 2-core AMD EPYC (Zen 
 eager loop 67 (38%: what it loses is the elementwise passes, autograd and allocation), the
 fused chain 144 (83%); the ceiling is 2.6x and the chain reaches 2.15x. At 256 x 64 the ceiling
 is 3.2x and the chain 2.78x. The issue's 3x at digits size is above this CPU's ceiling.
+On a 2-core Intel Xeon with two full-width AVX-512 FMA units
+(bench/results/mlp_chain-cpu-2cf7f80-xeon-repeat*.json): sgemm 317 to 337 GFLOP/s, the chain's
+AVX-512 clone 239 to 261 (74 to 77%), 2.5x to 2.6x eager against a 3.4x ceiling.
 
     python -m bench.bench_mlp_chain [--quick] [--device cpu] [--sizes 1024x64x100,...] [--out-json PATH]
 """
