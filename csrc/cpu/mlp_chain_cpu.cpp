@@ -379,30 +379,26 @@ FL_HD void run_tile(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, Tile
   }
 }
 
-#define FL_MLP_TILE_CLONE(NAME, SHAPE)                                                         \
-  template <typename T>                                                                        \
-  void NAME(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, TileBuffers<T>& b) {       \
-    switch (c.act) {                                                                           \
-      case kSilu: return run_tile<T, kSilu, SHAPE>(c, r0, r1, R, b);                           \
-      case kSoftplus: return run_tile<T, kSoftplus, SHAPE>(c, r0, r1, R, b);                   \
-      default: return run_tile<T, kTanh, SHAPE>(c, r0, r1, R, b);                              \
-    }                                                                                          \
+#define FL_MLP_TILE_CLONE(NAME, TARGET, SHAPE)                                                  \
+  template <typename T>                                                                         \
+  TARGET void NAME(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, TileBuffers<T>& b) { \
+    switch (c.act) {                                                                            \
+      case kSilu: return run_tile<T, kSilu, SHAPE>(c, r0, r1, R, b);                            \
+      case kSoftplus: return run_tile<T, kSoftplus, SHAPE>(c, r0, r1, R, b);                    \
+      default: return run_tile<T, kTanh, SHAPE>(c, r0, r1, R, b);                               \
+    }                                                                                           \
   }
 
-FL_MLP_TILE_CLONE(run_tile_generic, Avx2Shape)
+FL_MLP_TILE_CLONE(run_tile_generic, , Avx2Shape)
 
 #if defined(__x86_64__) || defined(_M_X64)
 // The same code compiled for AVX2 + FMA and for AVX-512, picked at run time (the extension is
 // built for baseline x86-64). prefer-vector-width=512: the activation and step loops in zmm
 // too (GCC's default tuning would vectorise them in ymm).
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-FL_MLP_TILE_CLONE(run_tile_avx2, Avx2Shape)
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512vl,avx512dq,prefer-vector-width=512")
-FL_MLP_TILE_CLONE(run_tile_avx512, Avx512Shape)
-#pragma GCC pop_options
+FL_MLP_TILE_CLONE(run_tile_avx2, __attribute__((target("avx2,fma"))), Avx2Shape)
+FL_MLP_TILE_CLONE(run_tile_avx512,
+                  __attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,prefer-vector-width=512"))),
+                  Avx512Shape)
 #endif
 
 template <typename T>
