@@ -29,6 +29,13 @@
 // zero reference term folded out (weights / MALA ~0.03 ms/step faster, noise-level).
 // The weights / MALA ratio (increment_term, float64) is summed per lane over j, a different
 // order from increment_sum's 8 partial sums: results agree to float64 rounding.
+//
+// -Wpsabi off: the vector helpers of this file (exp_vf32, log_vf32, ...) and normal.h's
+// templates instantiated on them take and return 32-byte GCC vectors in a translation unit built
+// for baseline x86-64, and GCC notes that such a function's ABI would differ in an AVX build.
+// All of them are FL_HD (always_inline), so every call is inlined into its ISA clone and no
+// out-of-line call passes a vector across that boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
