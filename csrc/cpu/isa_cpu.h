@@ -1,6 +1,7 @@
 // Which instruction set the CPU kernels use, decided once per process: the extension is built
 // for baseline x86-64 (SSE2) so that one wheel runs everywhere, and the hot loops have AVX2 + FMA
-// (and, for the normal generator, AVX-512VL) clones picked here at run time.
+// clones, and AVX-512 ones for the normal generator and the mixture / double-well and MLP
+// chains, picked here at run time.
 //
 // FASTLANGEVIN_CPU_ISA=generic|avx2|avx512 caps the choice (never above what the CPU has; an
 // unknown value is an error at the first kernel call). The AVX2 and AVX-512 paths give the same
