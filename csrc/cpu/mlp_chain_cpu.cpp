@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "../chain_run.h"
@@ -55,14 +56,14 @@ constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
 //     12 broadcasts for 24 FMAs, so the two FMA ports, not the two load ports, bound it (6 rows
 //     x 4 zmm is the other classic shape; it needs 64-float-wide padding, which the 2-D toys'
 //     d = 2 would pay for 32 times over).
-// Rows of a tile are padded to a multiple of kRowPad, a multiple of both RB.
+// Rows of a tile are padded to a multiple of kRowPad, the least common multiple of both RB (12).
 struct Avx2Shape {
   static constexpr int VB = 32, RB = 6;
 };
 struct Avx512Shape {
   static constexpr int VB = 64, RB = 12;
 };
-constexpr int64_t kRowPad = 12;
+constexpr int64_t kRowPad = std::lcm(Avx2Shape::RB, Avx512Shape::RB);
 
 // Walkers per tile: 3 (AVX-512) or 6 (AVX2) micro-kernel row blocks. At 36 rows the
 // activations and derivatives of a 128-wide 3-layer MLP take 110 KiB (float32), with the packed
@@ -72,6 +73,7 @@ constexpr int64_t kRowPad = 12;
 // 24, 36, 48 and 60 rows all ran the 1024 x 64 x 100 chain in 69 to 74 ms on the 2-core Xeon
 // (AVX-512), within that VM's noise.
 constexpr int64_t kTileRows = 36;
+static_assert(kTileRows % kRowPad == 0, "a tile's padded rows must fit its buffers");
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -157,8 +159,9 @@ struct Vec {
 // activations scalar, 45% of the chain's time).
 enum Epi : int { kBias = 0, kMul = 1, kAxpy = 2 };
 
-// The activation over a whole layer, in place: z in A -> act(z) in A, act'(z) in D (a
-// runtime-length loop with restrict pointers, which GCC vectorises).
+// The activation over n elements, in place: z in A -> act(z) in A, act'(z) in D (a
+// runtime-length loop with restrict pointers, which GCC vectorises; gemm_tile runs it on each
+// row strip of a forward layer).
 template <typename T, int64_t ACT>
 FL_HD void act_layer(T* __restrict__ A, T* __restrict__ D, int64_t n) {
   for (int64_t e = 0; e < n; ++e) {
