@@ -200,6 +200,10 @@ x = torch.randn(300, 50)
 m = torch.zeros(2, 50); m[0, 0], m[1, 0] = -3.0, 3.0
 gmm = GaussianMixture(m, torch.tensor([0.3, 0.7]).log(), learnable=False)
 out["mixture"] = fl.sample(gmm, x, 20, 0.05, seed=3).x
+# three components (the run-time K loop, not the K = 2 one), float64, MALA, 37 walkers (a part block)
+gmm = GaussianMixture(2 * torch.randn(3, 7, dtype=torch.float64), torch.randn(3, dtype=torch.float64),
+                      0.5 + torch.rand(3, 7, dtype=torch.float64), learnable=False)
+out["mixture3"] = fl.sample(gmm, x[:37, :7].double(), 10, 0.05, seed=7, mh=True).x
 mlp = MLPEnergy(50, hidden=32, depth=2)
 out["mlp"] = fl.sample(mlp, x, 10, 0.01, seed=4).x
 # widths that leave the AVX-512 micro-kernel a one-vector tail block (padded d = 16 floats,

@@ -25,6 +25,13 @@
 //   vectorised float64 normals since (csrc/normal.h) float64 ULA is ~1.6 ms/step; the
 //   softmax's exp / log on float64 vectors (exp_vf64 / log_vf64 below, instead of libm per
 //   walker) took it from 1.60 to 1.54 (medians of 7, three interleaved runs each).
+// Two more for the energy since, measured on the 2-core Xeon (AVX-512, Sapphire Rapids class)
+// box, float32 ULA on 2 threads, ms/step (min of 7 x 200 steps, builds interleaved): K = 2 as a
+// compile-time count (the component loops unrolled; perf had the run-time K loop's compare and
+// branch per column among the hottest lines) 0.38 -> 0.34, and on AVX-512 one 64-byte vector
+// per block row instead of two 32-byte ones 0.34 -> 0.31 (AVX2 clone 0.47 -> 0.44; float64
+// 0.71 -> 0.70). Normals alone take 0.22 of the 0.31 (langevin_step's generator, ~0.9 ns an
+// element a thread), so the energy, the update and the transposes are now ~0.09.
 // Tried and dropped: tiles of 4096 / 6400 elements (same within noise); increment_term with the
 // zero reference term folded out (weights / MALA ~0.03 ms/step faster, noise-level).
 // The weights / MALA ratio (increment_term, float64) is summed per lane over j, a different
@@ -44,6 +51,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../chain_run.h"
@@ -78,12 +87,15 @@ struct ChainArgs : ChainRun<T> {
 // 32-byte vectors of GCC's vector extension (as in mlp_chain_cpu.cpp): the same operations in
 // the AVX2 and AVX-512 clones (bit-equal results), split into SSE halves in the generic one.
 // utype: the unaligned, aliasing view for loads and stores.
-template <typename T>
+template <typename T, int B = 32>
 struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  typedef T utype __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
-  static constexpr int W = 32 / static_cast<int>(sizeof(T));  // lanes: float 8, double 4
+  typedef T type __attribute__((vector_size(B)));
+  typedef T utype __attribute__((vector_size(B), aligned(alignof(T)), may_alias));
+  static constexpr int W = B / static_cast<int>(sizeof(T));  // lanes: float 8, double 4 (B = 32)
 };
+// The element type of a GCC vector type.
+template <typename V>
+using elem_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
 
 // The mixture chain's blocked tile: walkers in blocks of kBlock<T> = kBlockVecs vectors (float
 // 16, double 8); block b's state is [d][kBlock] (element (j, lane) at b * d * kBlock + j *
@@ -93,13 +105,13 @@ constexpr int kBlockVecs = 2;
 template <typename T>
 constexpr int64_t kBlock = Vec<T>::W * kBlockVecs;
 
-template <typename T>
-FL_HD typename Vec<T>::type vload(const T* p) {
-  return *reinterpret_cast<const typename Vec<T>::utype*>(p);
+template <int B = 32, typename T>
+FL_HD typename Vec<T, B>::type vload(const T* p) {
+  return *reinterpret_cast<const typename Vec<T, B>::utype*>(p);
 }
-template <typename T>
-FL_HD void vstore(T* p, typename Vec<T>::type v) {
-  *reinterpret_cast<typename Vec<T>::utype*>(p) = v;
+template <typename T, typename V>
+FL_HD void vstore(T* p, V v) {
+  *reinterpret_cast<typename Vec<T, static_cast<int>(sizeof(V))>::utype*>(p) = v;
 }
 
 // W x W transpose (W = Vec<T>::W): rows[i][c] -> cols[c][i], with the unpack / shuffle / lane
@@ -140,22 +152,24 @@ FL_HD void transpose(Vec<double>::type (&a)[4]) {
 // -87.3, where exp_f32 saturates at 2^-126, the caller selects 0 so a -inf log_coef gives an
 // exact 0 weight) and the normaliser sum in [1, K] (log_unit_f32's reduction is valid for every
 // normal float).
-FL_HD Vec<float>::type exp_vf32(Vec<float>::type x) {
-  typedef int32_t I __attribute__((vector_size(32)));
-  Vec<float>::type n;
-  const Vec<float>::type y = exp_parts_f32(x, n);
+template <typename V>
+FL_HD V exp_vf32(V x) {
+  typedef int32_t I __attribute__((vector_size(sizeof(V))));
+  V n;
+  const V y = exp_parts_f32(x, n);
   I ni = __builtin_convertvector(n, I);
   ni = ni < -126 ? -126 : ni;
   ni = ni > 127 ? 127 : ni;
-  return y * reinterpret_cast<Vec<float>::type>((ni + 127) << 23);
+  return y * reinterpret_cast<V>((ni + 127) << 23);
 }
-FL_HD Vec<float>::type log_vf32(Vec<float>::type u) {
-  typedef uint32_t U __attribute__((vector_size(32)));
-  typedef int32_t I __attribute__((vector_size(32)));
+template <typename V>
+FL_HD V log_vf32(V u) {
+  typedef uint32_t U __attribute__((vector_size(sizeof(V))));
+  typedef int32_t I __attribute__((vector_size(sizeof(V))));
   const U b = reinterpret_cast<U>(u) + (0x3f800000u - 0x3f3504f3u);
   const I e = reinterpret_cast<I>(b >> 23) - 127;
-  const Vec<float>::type m = reinterpret_cast<Vec<float>::type>((b & 0x007fffffu) + 0x3f3504f3u);
-  return log_parts_f32(m - 1.0f, __builtin_convertvector(e, Vec<float>::type));
+  const V m = reinterpret_cast<V>((b & 0x007fffffu) + 0x3f3504f3u);
+  return log_parts_f32(m - 1.0f, __builtin_convertvector(e, V));
 }
 
 // e^x and log x on float64 vectors, for the same softmax. exp: x = n ln 2 + r, n = round(x /
@@ -166,9 +180,9 @@ FL_HD Vec<float>::type log_vf32(Vec<float>::type u) {
 // path does below -87.3. Measured against long double (AVX2 + FMA build) over 4 x 10^6 points
 // of [-708, 0]: 0.87 ulp; log over [1, 2]: 0.90 ulp. log: log_unit_f64's split and rational
 // (csrc/normal.h), valid for every normal double (here the normaliser sum in [1, K]).
-FL_HD Vec<double>::type exp_vf64(Vec<double>::type x) {
-  typedef int64_t I __attribute__((vector_size(32)));
-  using V = Vec<double>::type;
+template <typename V>
+FL_HD V exp_vf64(V x) {
+  typedef int64_t I __attribute__((vector_size(sizeof(V))));
   constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
   const V big = x * 1.4426950408889634074 + kRound;
   const V n = big - kRound;
@@ -191,9 +205,9 @@ FL_HD Vec<double>::type exp_vf64(Vec<double>::type x) {
   ni = ni < -1022 ? -1022 : ni;
   return p * reinterpret_cast<V>((ni + 1023) << 52);
 }
-FL_HD Vec<double>::type log_vf64(Vec<double>::type u) {
-  typedef uint64_t U __attribute__((vector_size(32)));
-  using V = Vec<double>::type;
+template <typename V>
+FL_HD V log_vf64(V u) {
+  typedef uint64_t U __attribute__((vector_size(sizeof(V))));
   constexpr uint64_t kSqrtHalf = 0x3fe6a09e667f3bcdull;
   const U b = reinterpret_cast<U>(u) + (0x3ff0000000000000ull - kSqrtHalf);
   const V fe = reinterpret_cast<V>((b >> 52) | 0x4330000000000000ull) - (4503599627370496.0 + 1023.0);
@@ -201,10 +215,22 @@ FL_HD Vec<double>::type log_vf64(Vec<double>::type u) {
   return log_parts_f64(m - 1.0, fe);
 }
 
-FL_HD Vec<float>::type exp_v(Vec<float>::type x) { return exp_vf32(x); }
-FL_HD Vec<double>::type exp_v(Vec<double>::type x) { return exp_vf64(x); }
-FL_HD Vec<float>::type log_v(Vec<float>::type x) { return log_vf32(x); }
-FL_HD Vec<double>::type log_v(Vec<double>::type x) { return log_vf64(x); }
+template <typename V>
+FL_HD V exp_v(V x) {
+  if constexpr (std::is_same_v<elem_t<V>, float>) {
+    return exp_vf32(x);
+  } else {
+    return exp_vf64(x);
+  }
+}
+template <typename V>
+FL_HD V log_v(V x) {
+  if constexpr (std::is_same_v<elem_t<V>, float>) {
+    return log_vf32(x);
+  } else {
+    return log_vf64(x);
+  }
+}
 // Where exp_v stops being exact (its 2^n clamp): e^t is taken as 0 below this.
 template <typename T>
 constexpr T kExpFloor = std::is_same_v<T, float> ? T(-87.33654) : T(-708.3964185322641);
@@ -220,10 +246,13 @@ struct MixtureEnergy {
 
   // One block of kBlock<T> walkers: v, g [d][kBlock] -> g = grad U(v), u[kBlock] = U(v); q:
   // scratch [K][kBlock] (the log-terms q_k, then the responsibilities r_k).
+  template <int KC, int VB>
   FL_HD void eval_block(const T* v, T* __restrict__ g, T* __restrict__ u, T* __restrict__ q) const {
-    using V = typename Vec<T>::type;
-    constexpr int W = Vec<T>::W, NV = kBlockVecs;
+    const int64_t K = KC > 0 ? KC : this->K;
+    using V = typename Vec<T, VB>::type;
+    constexpr int W = Vec<T, VB>::W;
     constexpr int64_t L = kBlock<T>;
+    constexpr int NV = static_cast<int>(L / W);
     // q_k = coef_k - 1/2 sum_j (v_j - m_kj)^2 iv_kj, two components per pass over v.
     for (int64_t k = 0; k < K; k += 2) {
       const bool two = k + 1 < K;
@@ -235,7 +264,7 @@ struct MixtureEnergy {
       for (int64_t j = 0; j < d; ++j) {
         FL_UNROLL
         for (int n = 0; n < NV; ++n) {
-          const V x = vload(v + j * L + n * W);
+          const V x = vload<VB>(v + j * L + n * W);
           const V d0 = x - m0[j], d1 = x - m1[j];
           a0[n] += d0 * d0 * i0[j];
           a1[n] += d1 * d1 * i1[j];
@@ -252,28 +281,28 @@ struct MixtureEnergy {
     for (int n = 0; n < NV; ++n) {
       V qmax = -std::numeric_limits<T>::infinity() + V{};
       for (int64_t k = 0; k < K; ++k) {
-        const V qk = vload(q + k * L + n * W);
+        const V qk = vload<VB>(q + k * L + n * W);
         qmax = qk > qmax ? qk : qmax;
       }
       V sum = {};
       for (int64_t k = 0; k < K; ++k) {
-        const V t = vload(q + k * L + n * W) - qmax;
+        const V t = vload<VB>(q + k * L + n * W) - qmax;
         V e = exp_v(t);
         e = t < kExpFloor<T> ? V{} : e;  // e^t below the normal range (and -inf) -> 0
         vstore(q + k * L + n * W, e);
         sum += e;
       }
       const V inv = T(1) / sum;
-      for (int64_t k = 0; k < K; ++k) vstore(q + k * L + n * W, vload(q + k * L + n * W) * inv);
+      for (int64_t k = 0; k < K; ++k) vstore(q + k * L + n * W, vload<VB>(q + k * L + n * W) * inv);
       vstore(u + n * W, -(qmax + log_v(sum)));
     }
     // g_j = sum_k r_k (v_j - m_kj) iv_kj
     for (int64_t j = 0; j < d; ++j) {
       FL_UNROLL
       for (int n = 0; n < NV; ++n) {
-        const V x = vload(v + j * L + n * W);
-        V acc = vload(q + n * W) * ((x - means[j]) * iv[j]);
-        for (int64_t k = 1; k < K; ++k) acc += vload(q + k * L + n * W) * ((x - means[k * d + j]) * iv[k * d + j]);
+        const V x = vload<VB>(v + j * L + n * W);
+        V acc = vload<VB>(q + n * W) * ((x - means[j]) * iv[j]);
+        for (int64_t k = 1; k < K; ++k) acc += vload<VB>(q + k * L + n * W) * ((x - means[k * d + j]) * iv[k * d + j]);
         vstore(g + j * L + n * W, acc);
       }
     }
@@ -398,7 +427,7 @@ FL_HD void propose_block(const T* x, const T* g, T* out, const T* __restrict__ n
 
 // The mixture's step loop on the blocked tile (rows [r0, r1) padded to whole blocks; the padding
 // lanes compute on finite junk and are never written back, weighed or accepted).
-template <typename T>
+template <int KC, int VB, typename T>
 FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::W, NV = kBlockVecs;
@@ -421,14 +450,14 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
       const T* nz = b.noise.data() + (static_cast<uint64_t>(rb) * d - e0);
       if (c.mode == kUla) {
         propose_block(x, g, x, nz, d, a, s);
-        c.e.eval_block(x, g, u, q);
+        c.e.template eval_block<KC, VB>(x, g, u, q);
         continue;
       }
       T* y = b.y.data() + blk * d * L;
       T* gy = b.gy.data() + blk * d * L;
       T* uy = b.uy.data() + blk * L;
       propose_block(x, g, y, nz, d, a, s);
-      c.e.eval_block(y, gy, uy, q);
+      c.e.template eval_block<KC, VB>(y, gy, uy, q);
       double inc[L] = {};
       for (int64_t j = 0; j < d; ++j) {
         FL_UNROLL
@@ -463,11 +492,16 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
   }
 }
 
-// The mixture on its blocked tile, the double well on rows.
-template <typename T, typename E>
+// The mixture on its blocked tile (energy vectors of VB bytes; with kUnrollK, K = 2, the papers'
+// mixtures, gets its component loops unrolled), the double well on rows.
+template <int VB, bool kUnrollK, typename T, typename E>
 FL_HD void run_tile_any(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
   if constexpr (std::is_same_v<E, MixtureEnergy<T>>) {
-    run_tile_blocked(c, r0, r1, b);
+    if (kUnrollK && c.e.K == 2) {
+      run_tile_blocked<2, VB>(c, r0, r1, b);
+    } else {
+      run_tile_blocked<0, VB>(c, r0, r1, b);
+    }
   } else {
     run_tile(c, r0, r1, b);
   }
@@ -475,7 +509,8 @@ FL_HD void run_tile_any(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBu
 
 template <typename T, typename E>
 void run_tile_generic(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffers<T>& b) {
-  run_tile_any(c, r0, r1, b);
+  // no K = 2 unrolling here: with SSE2 halves it was slower (2.4 -> 2.65 ms/step on the Carbone GMM)
+  run_tile_any<32, false>(c, r0, r1, b);
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -484,13 +519,15 @@ void run_tile_generic(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuff
 template <typename T, typename E>
 __attribute__((target("avx2,fma"))) void run_tile_avx2(const ChainArgs<T, E>& c, int64_t r0, int64_t r1,
                                                        TileBuffers<T>& b) {
-  run_tile_any(c, r0, r1, b);
+  run_tile_any<32, true>(c, r0, r1, b);
 }
 
+// And for AVX-512, where the mixture's energy runs on one 64-byte vector per block row (a block
+// is 16 float32 / 8 float64 walkers) instead of two 32-byte ones.
 template <typename T, typename E>
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) void run_tile_avx512(const ChainArgs<T, E>& c, int64_t r0,
                                                                         int64_t r1, TileBuffers<T>& b) {
-  run_tile_any(c, r0, r1, b);
+  run_tile_any<64, true>(c, r0, r1, b);
 }
 #endif
 
