@@ -32,8 +32,16 @@
 // per block row instead of two 32-byte ones 0.34 -> 0.31 (AVX2 clone 0.47 -> 0.44; float64
 // 0.71 -> 0.70). Normals alone take 0.22 of the 0.31 (langevin_step's generator, ~0.9 ns an
 // element a thread), so the energy, the update and the transposes are now ~0.09.
-// Tried and dropped: tiles of 4096 / 6400 elements (same within noise); increment_term with the
-// zero reference term folded out (weights / MALA ~0.03 ms/step faster, noise-level).
+// Weights / MALA mode on that box: the increment without the reference term's multiply-adds by
+// zero (increment_term<false>; once dropped on Zen 4 as noise-level) and, in weights mode, the
+// tile's x / y buffers swapped after each step instead of y copied back block by block: weights
+// 0.53 -> 0.50 ms/step, MALA 0.54 -> 0.525 (ULA 0.31). perf puts a quarter of the tile's time
+// there in the float64 increment and ~10% in MALA's scalar Philox uniform per walker.
+// A block_increment on explicit float64 vectors was slower: GCC 12 lowers an 8-float to
+// 8-double __builtin_convertvector as two halves with an insert, where its own vectorisation of
+// the loop over lanes loads with one vcvtps2pd zmm.
+// Tried and dropped: tiles of 4096 / 6400 elements (same within noise), and of 1024 for
+// weights / MALA mode (5 buffers of 48 x 50 floats overflow a 48 KiB L1; 32 rows measured the same).
 // The weights / MALA ratio (increment_term, float64) is summed per lane over j, a different
 // order from increment_sum's 8 partial sums: results agree to float64 rounding.
 //
@@ -458,12 +466,14 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
       T* uy = b.uy.data() + blk * L;
       propose_block(x, g, y, nz, d, a, s);
       c.e.template eval_block<KC, VB>(y, gy, uy, q);
+      // no reference term in a chain's coefficients (make_chain_run: inv_ref = 0)
       double inc[L] = {};
       for (int64_t j = 0; j < d; ++j) {
         FL_UNROLL
         for (int64_t l = 0; l < L; ++l)
-          inc[l] += increment_term(static_cast<double>(x[j * L + l]), static_cast<double>(y[j * L + l]),
-                                   static_cast<double>(g[j * L + l]), static_cast<double>(gy[j * L + l]), c.rc);
+          inc[l] += increment_term<false>(static_cast<double>(x[j * L + l]), static_cast<double>(y[j * L + l]),
+                                          static_cast<double>(g[j * L + l]), static_cast<double>(gy[j * L + l]),
+                                          c.rc);
       }
       T take[L];  // 1 where walker rb + l takes its proposal (never a padding lane), else 0
       for (int64_t l = 0; l < L; ++l) {
@@ -472,11 +482,7 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
                                                mh_off);
         u[l] = take[l] != T(0) ? uy[l] : u[l];
       }
-      if (c.mode == kWeights) {  // every walker moves (the padding lanes too: their state is junk anyway)
-        std::copy(y, y + d * L, x);
-        std::copy(gy, gy + d * L, g);
-        continue;
-      }
+      if (c.mode == kWeights) continue;  // every walker moves: the buffers swap after the step
       V tk[NV];
       FL_UNROLL
       for (int n = 0; n < NV; ++n) tk[n] = vload(take + n * W);
@@ -488,6 +494,10 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
           vstore(g + o, tk[n] != T(0) ? vload(gy + o) : vload(g + o));
         }
       }
+    }
+    if (c.mode == kWeights) {  // (y, grad y) of every block, the padding lanes' junk too, is the new state
+      std::swap(b.x, b.y);
+      std::swap(b.g, b.gy);
     }
   }
 }
