@@ -92,9 +92,10 @@ struct ChainArgs : ChainRun<T> {
   int64_t d;
 };
 
-// 32-byte vectors of GCC's vector extension (as in mlp_chain_cpu.cpp): the same operations in
-// the AVX2 and AVX-512 clones (bit-equal results), split into SSE halves in the generic one.
-// utype: the unaligned, aliasing view for loads and stores.
+// B-byte vectors of GCC's vector extension (as in mlp_chain_cpu.cpp): 32 bytes, except the
+// mixture energy's 64 in the AVX-512 clone; per lane the same operations in every clone, so the
+// AVX2 and AVX-512 ones give bit-equal results (the generic one splits them into SSE pieces
+// and has no FMA). utype: the unaligned, aliasing view for loads and stores.
 template <typename T, int B = 32>
 struct Vec {
   typedef T type __attribute__((vector_size(B)));
@@ -155,7 +156,7 @@ FL_HD void transpose(Vec<double>::type (&a)[4]) {
   a[3] = __builtin_shuffle(t1, t3, M{2, 3, 6, 7});
 }
 
-// e^x and log x on float32 vectors: exp_f32 (csrc/cpu/mlp_chain_cpu.cpp) and log_unit_f32
+// e^x and log x on vectors of float32 (of any width): exp_f32 (csrc/cpu/mlp_chain_cpu.cpp) and log_unit_f32
 // (csrc/normal.h) operation for operation. Used on the softmax only: x = q_k - max q <= 0 (below
 // -87.3, where exp_f32 saturates at 2^-126, the caller selects 0 so a -inf log_coef gives an
 // exact 0 weight) and the normaliser sum in [1, K] (log_unit_f32's reduction is valid for every
@@ -180,7 +181,7 @@ FL_HD V log_vf32(V u) {
   return log_parts_f32(m - 1.0f, __builtin_convertvector(e, V));
 }
 
-// e^x and log x on float64 vectors, for the same softmax. exp: x = n ln 2 + r, n = round(x /
+// e^x and log x on vectors of float64, for the same softmax. exp: x = n ln 2 + r, n = round(x /
 // ln 2) by the 1.5 * 2^52 trick (so n also sits in the low mantissa bits: no double-to-int64
 // conversion, which AVX2 lacks), ln 2 split in two (Cephes' C1 + C2; n C1 is exact), e^r by its
 // Taylor series to r^13 (|r| <= ln 2 / 2: truncation 4e-18 relative), 2^n through the exponent
@@ -223,21 +224,16 @@ FL_HD V log_vf64(V u) {
   return log_parts_f64(m - 1.0, fe);
 }
 
+// e^x and log x on a vector of floats or doubles (either width).
+template <typename V>
+constexpr bool kFloatVec = std::is_same_v<elem_t<V>, float>;
 template <typename V>
 FL_HD V exp_v(V x) {
-  if constexpr (std::is_same_v<elem_t<V>, float>) {
-    return exp_vf32(x);
-  } else {
-    return exp_vf64(x);
-  }
+  if constexpr (kFloatVec<V>) return exp_vf32(x); else return exp_vf64(x);
 }
 template <typename V>
 FL_HD V log_v(V x) {
-  if constexpr (std::is_same_v<elem_t<V>, float>) {
-    return log_vf32(x);
-  } else {
-    return log_vf64(x);
-  }
+  if constexpr (kFloatVec<V>) return log_vf32(x); else return log_vf64(x);
 }
 // Where exp_v stops being exact (its 2^n clamp): e^t is taken as 0 below this.
 template <typename T>
