@@ -125,7 +125,7 @@ ChainRun<T> make_chain_run(int64_t N, int64_t n_steps, double step, double noise
   r.seed = static_cast<uint64_t>(seed);
   r.offset = static_cast<uint64_t>(offset);
   r.mode = mode;
-  r.rc = ratio_coef(step, noise_std, 0.0);
+  r.rc = ratio_coef(step, noise_std, 0.0);  // no reference term: the chains' increments rely on it
   r.log_w = mode == kWeights ? log_w->data_ptr<double>() : nullptr;
   r.log_w_steps = (mode == kWeights && log_w_steps) ? log_w_steps->data_ptr<double>() : nullptr;
   r.accepted = accepted.data_ptr<int64_t>();

@@ -56,7 +56,9 @@ FL_HD double increment_term(double x, double y, double gx, double gy, const Rati
 }
 
 // sum_j increment_term(x_j, y_j, gx_j, gy_j) over one walker's d coordinates, in float64 with 8
-// independent partial sums (the fused chains' per-walker Jarzynski / MALA ratio).
+// independent partial sums (the fused chains' per-walker Jarzynski / MALA ratio). The chains
+// have no reference term (csrc/chain_run.h builds their coefficients with inv_ref = 0), so they
+// all use increment_term<false>: the same value without the multiply-adds by zero.
 template <typename T>
 FL_HD double increment_sum(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ gx,
                            const T* __restrict__ gy, int64_t d, const RatioCoef& rc) {
@@ -65,13 +67,13 @@ FL_HD double increment_sum(const T* __restrict__ x, const T* __restrict__ y, con
   for (; j + 8 <= d; j += 8) {
     FL_UNROLL
     for (int l = 0; l < 8; ++l)
-      part[l] += increment_term(static_cast<double>(x[j + l]), static_cast<double>(y[j + l]),
-                                static_cast<double>(gx[j + l]), static_cast<double>(gy[j + l]), rc);
+      part[l] += increment_term<false>(static_cast<double>(x[j + l]), static_cast<double>(y[j + l]),
+                                       static_cast<double>(gx[j + l]), static_cast<double>(gy[j + l]), rc);
   }
   double acc = 0.0;
   for (; j < d; ++j)
-    acc += increment_term(static_cast<double>(x[j]), static_cast<double>(y[j]), static_cast<double>(gx[j]),
-                          static_cast<double>(gy[j]), rc);
+    acc += increment_term<false>(static_cast<double>(x[j]), static_cast<double>(y[j]), static_cast<double>(gx[j]),
+                                 static_cast<double>(gy[j]), rc);
   FL_UNROLL
   for (int l = 0; l < 8; ++l) acc += part[l];
   return acc;

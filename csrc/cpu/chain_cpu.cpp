@@ -462,7 +462,7 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
       T* uy = b.uy.data() + blk * L;
       propose_block(x, g, y, nz, d, a, s);
       c.e.template eval_block<KC, VB>(y, gy, uy, q);
-      // no reference term in a chain's coefficients (make_chain_run: inv_ref = 0)
+      // increment_term<false>: no reference term in a chain (csrc/log_ratio.h, increment_sum)
       double inc[L] = {};
       for (int64_t j = 0; j < d; ++j) {
         FL_UNROLL

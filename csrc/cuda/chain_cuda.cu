@@ -233,8 +233,9 @@ chain_kernel(T* __restrict__ xp,  // [N, d], updated in place
 #pragma unroll
       for (int i = 0; i < PER_LANE; ++i) {
         if (lane + kWarp * i < d)
-          part += increment_term(static_cast<double>(x[i]), static_cast<double>(y[i]), static_cast<double>(g[i]),
-                                 static_cast<double>(gy[i]), c.rc);
+          part += increment_term<false>(static_cast<double>(x[i]), static_cast<double>(y[i]),
+                                        static_cast<double>(g[i]), static_cast<double>(gy[i]),
+                                        c.rc);  // a chain has no reference term (csrc/log_ratio.h)
       }
       const double inc = (static_cast<double>(u) - static_cast<double>(uy)) + warp_allsum(part);
       if (c.mode == kWeights) {
