@@ -69,6 +69,7 @@
 #include "../philox.h"
 #include "isa_cpu.h"
 #include "normals_cpu.h"
+#include "vec_cpu.h"
 
 namespace fastlangevin {
 namespace {
@@ -92,16 +93,7 @@ struct ChainArgs : ChainRun<T> {
   int64_t d;
 };
 
-// B-byte vectors of GCC's vector extension (as in mlp_chain_cpu.cpp): 32 bytes, except the
-// mixture energy's 64 in the AVX-512 clone; per lane the same operations in every clone, so the
-// AVX2 and AVX-512 ones give bit-equal results (the generic one splits them into SSE pieces
-// and has no FMA). utype: the unaligned, aliasing view for loads and stores.
-template <typename T, int B = 32>
-struct Vec {
-  typedef T type __attribute__((vector_size(B)));
-  typedef T utype __attribute__((vector_size(B), aligned(alignof(T)), may_alias));
-  static constexpr int W = B / static_cast<int>(sizeof(T));  // lanes: float 8, double 4 (B = 32)
-};
+// Vectors (csrc/cpu/vec_cpu.h): 32 bytes, except the mixture energy's 64 in the AVX-512 clone.
 // The element type of a GCC vector type.
 template <typename V>
 using elem_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;

@@ -35,6 +35,7 @@
 #include "../philox.h"
 #include "isa_cpu.h"
 #include "normals_cpu.h"
+#include "vec_cpu.h"
 
 namespace fastlangevin {
 namespace {
@@ -144,15 +145,10 @@ FL_HD void act_eval(T z, T& a, T& da) {
   }
 }
 
-// Vectors of GCC's vector extension, VB bytes: plain loops over the RB x (NV x VB) accumulators
-// were vectorised along K instead (permutes, accumulators on the stack: 0.9 GFLOP/s in a
-// 32x128x128 float32 micro-benchmark, AVX2, AMD EPYC); with explicit vectors it is 39 GFLOP/s
-// at RB = 4 and 66 GFLOP/s at RB = 6. utype: the unaligned, aliasing view for loads.
-template <typename T, int VB>
-struct Vec {
-  typedef T type __attribute__((vector_size(VB)));
-  typedef T utype __attribute__((vector_size(VB), aligned(alignof(T)), may_alias));
-};
+// Vec<T, VB> (csrc/cpu/vec_cpu.h), VB bytes, for the micro-kernel: plain loops over the
+// RB x (NV x VB) accumulators were vectorised along K instead (permutes, accumulators on the
+// stack: 0.9 GFLOP/s in a 32x128x128 float32 micro-benchmark, AVX2, AMD EPYC); with explicit
+// vectors it is 39 GFLOP/s at RB = 4 and 66 GFLOP/s at RB = 6.
 
 // What gemm_tile does with a finished block of A B (written with the vector type: the first
 // version passed the block to a lambda with scalar loops, and GCC left that epilogue and the
