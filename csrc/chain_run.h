@@ -42,17 +42,18 @@ struct ChainRun {
 
   // The CPU chains' per-walker decision after step k's proposal for walker r, whose log-ratio
   // (Jarzynski increment / MALA log acceptance ratio) is inc: mode kWeights adds inc to the
-  // walker's log-weight (and records it in log_w_steps) and takes the move; mode kMala draws
-  // the step's uniform from the MALA stream at mh_off and takes the move when log u < inc (NaN
-  // ratios reject, as in sample()'s MALA), counting it in accepted. Returns whether it is taken.
-  // (Host only: the CUDA chain keeps the log-weight in a register instead.)
-  bool weigh_or_accept(int64_t k, int64_t r, double inc, uint64_t mh_off) const {
+  // walker's log-weight (and records it in log_w_steps) and takes the move; mode kMala takes the
+  // move when log u < inc (NaN ratios reject, as in sample()'s MALA), counting it in accepted,
+  // with log u from lu, the step's log uniforms of the tile whose first walker is r0
+  // (csrc/cpu/normals_cpu.h mh_log_uniforms: walker r's at lu[r - (r0 & ~1)]). Returns whether
+  // the move is taken. (Host only: the CUDA chain keeps the log-weight in a register instead.)
+  bool weigh_or_accept(int64_t k, int64_t r, double inc, const double* lu, int64_t r0) const {
     if (mode == kWeights) {
       log_w[r] += inc;
       if (log_w_steps) log_w_steps[k * N + r] = log_w[r];
       return true;
     }
-    const bool take = std::log(resample_uniform(seed, mh_off, static_cast<uint64_t>(r))) < inc;
+    const bool take = lu[r - (r0 & ~int64_t(1))] < inc;
     accepted[r] += take ? 1 : 0;
     return take;
   }

@@ -96,9 +96,15 @@ FL_HD float uniform_angle(uint32_t w) {
 
 constexpr double kTwoPow53Inv = 1.1102230246251565404e-16;  // 2^-53
 
-// The float64 resampling uniform of words (w_a, w_b): exact, in [0, 1).
+// The float64 resampling uniform of words (w_a, w_b): exact, in [0, 1). Spelled as
+// (w_a >> 5) 2^26 + (w_b >> 6) in double arithmetic, every step exact (a 27-bit and a 26-bit
+// integer, their sum below 2^53): the same double as the 53-bit integer's conversion, but
+// through int32 -> double conversions, which AVX2 vectorises (it has no uint64 -> double), so
+// a host loop of these uniforms vectorises (csrc/cpu/normals_cpu.h fill_uniform_pairs).
 FL_HD double uniform53(uint32_t wa, uint32_t wb) {
-  return static_cast<double>((static_cast<uint64_t>(wa >> 5) << 26) | static_cast<uint64_t>(wb >> 6)) * kTwoPow53Inv;
+  return (static_cast<double>(static_cast<int32_t>(wa >> 5)) * 67108864.0 +
+          static_cast<double>(static_cast<int32_t>(wb >> 6))) *
+         kTwoPow53Inv;
 }
 
 // Resampling uniform j of stream (seed, offset).

@@ -36,7 +36,10 @@
 // zero (increment_term<false>; once dropped on Zen 4 as noise-level) and, in weights mode, the
 // tile's x / y buffers swapped after each step instead of y copied back block by block: weights
 // 0.53 -> 0.50 ms/step, MALA 0.54 -> 0.525 (ULA 0.31). perf puts a quarter of the tile's time
-// there in the float64 increment and ~10% in MALA's scalar Philox uniform per walker.
+// there in the float64 increment and ~10% in MALA's scalar Philox uniform and libm log per
+// walker; with the tile's log uniforms drawn once per step on vectors (mh_log_uniforms, one
+// Philox block per two walkers) MALA went 0.55 -> 0.48 ms/step on 2 threads, 1.03 -> 0.92 on
+// one (min of 7 x 200 steps, three interleaved runs of each build).
 // A block_increment on explicit float64 vectors was slower: GCC 12 lowers an 8-float to
 // 8-double __builtin_convertvector as two halves with an insert, where its own vectorisation of
 // the loop over lanes loads with one vcvtps2pd zmm.
@@ -341,8 +344,10 @@ struct DoubleWellEnergy {
 template <typename T>
 struct TileBuffers {
   std::vector<T> x, g, y, gy, noise, q, u, uy;
+  std::vector<double> lu;  // MALA: the step's log uniforms (mh_log_uniforms)
   TileBuffers(int64_t rows, int64_t d, int64_t scratch)
-      : x(rows * d), g(rows * d), y(rows * d), gy(rows * d), noise(rows * d + 8), q(scratch), u(rows), uy(rows) {}
+      : x(rows * d), g(rows * d), y(rows * d), gy(rows * d), noise(rows * d + 8), q(scratch), u(rows), uy(rows),
+        lu(rows + 2) {}
 };
 
 // All n_steps for walkers [r0, r1): state in (xs, gs, us) of the buffers.
@@ -357,11 +362,12 @@ FL_HD void run_tile(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffer
   T* __restrict__ gys = b.gy.data();
   T* __restrict__ q = b.q.data();
   T* us = b.u.data();
+  double* __restrict__ lu = b.lu.data();
   const T a = c.a, s = c.s;
   for (int64_t k = 0; k < c.n_steps; ++k) {
     const uint64_t off = c.offset + static_cast<uint64_t>(k);  // wraps mod 2^64 like sample()'s offsets
     noise.fill(c.seed, off, b.noise.data());
-    const uint64_t mh_off = mh_offset(off);
+    if (c.mode == kMala) mh_log_uniforms(c.seed, mh_offset(off), r0, r1, lu);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t lr = r - r0;
       T* __restrict__ x = xs + lr * d;
@@ -379,7 +385,7 @@ FL_HD void run_tile(const ChainArgs<T, E>& c, int64_t r0, int64_t r1, TileBuffer
       const T uy = c.e.eval(y, q, gy);
       const double inc =
           (static_cast<double>(us[lr]) - static_cast<double>(uy)) + increment_sum(x, y, g, gy, d, c.rc);
-      if (c.weigh_or_accept(k, r, inc, mh_off)) {
+      if (c.weigh_or_accept(k, r, inc, lu, r0)) {
         std::copy(y, y + d, x);
         std::copy(gy, gy + d, g);
         us[lr] = uy;
@@ -433,11 +439,12 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
   const RowsNoise noise(r0, r1, d);
   const uint64_t e0 = noise.e0;
   T* __restrict__ q = b.q.data();
+  double* __restrict__ lu = b.lu.data();
   const T a = c.a, s = c.s;
   for (int64_t k = 0; k < c.n_steps; ++k) {
     const uint64_t off = c.offset + static_cast<uint64_t>(k);  // wraps mod 2^64 like sample()'s offsets
     noise.fill(c.seed, off, b.noise.data());
-    const uint64_t mh_off = mh_offset(off);
+    if (c.mode == kMala) mh_log_uniforms(c.seed, mh_offset(off), r0, r1, lu);
     for (int64_t blk = 0; blk < nblk; ++blk) {
       const int64_t rb = r0 + blk * L;  // the block's first walker
       T* x = b.x.data() + blk * d * L;
@@ -466,8 +473,8 @@ FL_HD void run_tile_blocked(const ChainArgs<T, MixtureEnergy<T>>& c, int64_t r0,
       T take[L];  // 1 where walker rb + l takes its proposal (never a padding lane), else 0
       for (int64_t l = 0; l < L; ++l) {
         const int64_t r = rb + l;
-        take[l] = r < r1 && c.weigh_or_accept(k, r, (static_cast<double>(u[l]) - static_cast<double>(uy[l])) + inc[l],
-                                               mh_off);
+        const double ratio = (static_cast<double>(u[l]) - static_cast<double>(uy[l])) + inc[l];
+        take[l] = r < r1 && c.weigh_or_accept(k, r, ratio, lu, r0);
         u[l] = take[l] != T(0) ? uy[l] : u[l];
       }
       if (c.mode == kWeights) continue;  // every walker moves: the buffers swap after the step

@@ -272,11 +272,12 @@ struct Buf {
 template <typename T>
 struct TileBuffers {
   // x, g, y, gy: [R, dP] (padded columns stay 0); acts, ders: depth x [R, HP]; delta, delta2:
-  // [R, HP]; noise: the tile's normals; u, uy: [R].
+  // [R, HP]; noise: the tile's normals; u, uy: [R]; lu: MALA's log uniforms (mh_log_uniforms).
   Buf<T> x, g, y, gy, acts, ders, delta, delta2, noise, u, uy;
+  std::vector<double> lu;
   TileBuffers(const MlpArgs<T>& c, int64_t R)
       : x(R * c.dP), g(R * c.dP), y(R * c.dP), gy(R * c.dP), acts(c.depth * R * c.HP), ders(c.depth * R * c.HP),
-        delta(R * c.HP), delta2(R * c.HP), noise(R * c.d + 8), u(R), uy(R) {}
+        delta(R * c.HP), delta2(R * c.HP), noise(R * c.d + 8), u(R), uy(R), lu(R + 2) {}
 };
 
 // U and grad U of the R tile rows of v [R, dP] into u [R], g [R, dP].
@@ -360,7 +361,7 @@ FL_HD void run_tile(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, Tile
       continue;
     }
     mlp_eval<T, ACT, S>(c, R, ys, b.uy.data(), gys, b);
-    const uint64_t mh_off = mh_offset(off);
+    if (c.mode == kMala) mh_log_uniforms(c.seed, mh_offset(off), r0, r1, b.lu.data());
     for (int64_t lr = 0; lr < nr; ++lr) {
       const int64_t r = r0 + lr;
       T* x = xs + lr * dP;
@@ -369,7 +370,7 @@ FL_HD void run_tile(const MlpArgs<T>& c, int64_t r0, int64_t r1, int64_t R, Tile
       const T* gy = gys + lr * dP;
       const double inc = (static_cast<double>(b.u[lr]) - static_cast<double>(b.uy[lr])) +
                          increment_sum(x, y, g, gy, d, c.rc);
-      if (c.weigh_or_accept(k, r, inc, mh_off)) {
+      if (c.weigh_or_accept(k, r, inc, b.lu.data(), r0)) {
         std::copy(y, y + d, x);
         std::copy(gy, gy + d, g);
         b.u[lr] = b.uy[lr];

@@ -23,6 +23,8 @@
 
 #include "../philox.h"
 #include "../resample.h"
+#include "isa_cpu.h"
+#include "normals_cpu.h"
 
 namespace fastlangevin {
 namespace {
@@ -31,14 +33,41 @@ namespace {
 // fills a stack buffer of uniforms (16 KiB).
 constexpr int64_t kSlots = 2048;
 
-// Uniforms j0 .. j1 - 1 of stream (seed, offset) into buf[0 .. j1 - j0).
+// fill_uniform_pairs compiled for AVX2 / AVX-512 too (integer arithmetic and exact conversions
+// only, so every clone gives the same doubles), picked at run time.
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx2,fma"))) void uniform_pairs_avx2(uint64_t seed, uint64_t offset, int64_t b0, int64_t b1,
+                                                            double* __restrict__ out) {
+  fill_uniform_pairs(seed, offset, b0, b1, out);
+}
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) void uniform_pairs_avx512(uint64_t seed, uint64_t offset,
+                                                                              int64_t b0, int64_t b1,
+                                                                              double* __restrict__ out) {
+  fill_uniform_pairs(seed, offset, b0, b1, out);
+}
+#endif
+void uniform_pairs(uint64_t seed, uint64_t offset, int64_t b0, int64_t b1, double* __restrict__ out) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu_has(CpuIsa::kAvx512)) return uniform_pairs_avx512(seed, offset, b0, b1, out);
+  if (cpu_has(CpuIsa::kAvx2)) return uniform_pairs_avx2(seed, offset, b0, b1, out);
+#endif
+  fill_uniform_pairs(seed, offset, b0, b1, out);
+}
+
+// Uniforms j0 .. j1 - 1 of stream (seed, offset) into buf[0 .. j1 - j0): whole blocks through
+// the vectorised uniform_pairs, an odd first or last uniform on its own.
 void fill_uniforms(uint64_t seed, uint64_t offset, int64_t j0, int64_t j1, double* buf) {
-  for (int64_t b = j0 >> 1; 2 * b < j1; ++b) {
-    const Words4 w = philox_block(seed, offset, static_cast<uint64_t>(b));
-    const int64_t j = 2 * b;
-    if (j >= j0) buf[j - j0] = uniform53(w.w[0], w.w[1]);
-    if (j + 1 < j1) buf[j + 1 - j0] = uniform53(w.w[2], w.w[3]);
+  int64_t j = j0;
+  if ((j & 1) && j < j1) {
+    buf[0] = resample_uniform(seed, offset, static_cast<uint64_t>(j));
+    ++j;
   }
+  const int64_t b1 = j1 >> 1;  // blocks [j / 2, b1) are whole
+  if (j < 2 * b1) {
+    uniform_pairs(seed, offset, j >> 1, b1, buf + (j - j0));
+    j = 2 * b1;
+  }
+  if (j < j1) buf[j - j0] = resample_uniform(seed, offset, static_cast<uint64_t>(j));
 }
 
 void resample_uniforms_out_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
