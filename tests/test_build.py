@@ -98,7 +98,7 @@ def test_triton_kernels_compile_for_a_gpu():
         from fastlangevin.kernels import weights as W
 
         F64 = {"p_lw_max", "p_cdf", "p_res_cdf", "p_lw", "p_steps", "p_step", "p_std"}
-        I64 = {"p_last", "p_counts_cum", "p_res_last", "p_counter", "p_acc"}
+        I64 = {"p_last", "p_counts_cum", "p_res_last", "p_counter", "p_acc", "p_seed", "p_off"}
         FLOATS = {"step", "noise_std", "inv_ref", "clip", "lo", "hi", "step_l", "noise_std_l", "inv_ref_l", "clip_l",
                   "lo_l", "hi_l", "a_hi", "a_lo", "s_hi", "s_lo", "r_hi", "r_lo", "head_bias"}
 
@@ -137,32 +137,48 @@ def test_triton_kernels_compile_for_a_gpu():
             compile_(L._randn_kernel, dict(BLOCK=1024, FP64=fp64), ptr)
             compile_(L._langevin_step_kernel, dict(BLOCK=1024, FP64=fp64, RNG=True, HAS_NOISE=False, STEP_T=False,
                                                    STD_T=False, HAS_REF=True, HAS_CLIP=True, HAS_CLAMP=True), ptr)
+            # what the cuda_graph=True loops launch (fastlangevin.graphs): the normals with the
+            # stream position in device memory, then the step on them with per-walker step and
+            # noise tensors
+            compile_(L._randn_dev_kernel, dict(BLOCK=1024, FP64=fp64), ptr)
+            compile_(L._langevin_step_kernel, dict(BLOCK=1024, FP64=fp64, RNG=False, HAS_NOISE=True, STEP_T=True,
+                                                   STD_T=True, HAS_REF=False, HAS_CLIP=False, HAS_CLAMP=False), ptr)
             for mode in ((0, 1, 2) if not fp64 else (1, 2)):  # float64 ULA: a subset of the weights code
                 for kind in (0, 1):  # the mixture and the double well (ENERGY)
                     compile_(C._mixture_chain_kernel, dict(BLOCK_N=32, DP=64, MODE=mode, FP64=fp64, STEPS=mode == 1,
                                                            ENERGY=kind), ptr)
         compile_(R._resample_uniforms_kernel, dict(BLOCK=256), p_out="*fp64")
+        compile_(R._resample_uniforms_dev_kernel, dict(BLOCK=256), p_out="*fp64")
         for scheme in range(4):
             compile_(R._resample_kernel, dict(BLOCK=256, SCHEME=scheme, HAS_U=False), p_u="*fp64", p_out="*i64")
         compile_(W._log_ratio_kernel, dict(BLOCK_R=4, BLOCK_C=512, TWO_SIDED=True, HAS_REF=True, STEP_T=False,
                                            STD_T=False), p_out="*fp64")
         # the MLP chain: every mode in float32 and float64 (a float64 tl.dot lowers to the f64 MMA,
         # mma.sync m8n8k4, on sm_80+), then the other depths with every activation
-        # the MLP chain with its launch options (one pipeline stage), which keep even the largest
-        # sizes it takes on a GPU (d, hidden <= 128, depth 4) inside the H100 / H200's 227 KB
-        # of shared memory (the default 3 stages needed up to 2.1 MB: OutOfResources at launch)
-        mlp = lambda ptr, dp=16, hp=32, at_one=True, **c: compile_(
-            M._mlp_chain_kernel, dict(BLOCK_N=16, DP=dp, HP=hp, **c), ptr, options=M.LAUNCH_OPTIONS, at_one=at_one)
+        # the MLP chain with its launch options (one pipeline stage) and the launcher's choice of
+        # HOIST (M.hoist_weights), which keep every size it takes on a GPU (d, hidden <= 128,
+        # depth 4) inside the H100 / H200's 232,448 B of shared memory a block: the default 3
+        # stages needed up to 2.1 MB, and weights hoisted out of the step loop 286,720 B for the
+        # default MLPEnergy (d = 2, hidden 128) in ULA / MALA: OutOfResources at launch
+        mlp = lambda ptr, dp=16, hp=32, depth=3, at_one=True, **c: compile_(
+            M._mlp_chain_kernel, dict(BLOCK_N=16, DP=dp, HP=hp, DEPTH=depth, **c,
+                                      HOIST=M.hoist_weights(dp, hp, depth, 8 if ptr == "*fp64" else 4)),
+            ptr, options=M.LAUNCH_OPTIONS, at_one=at_one)
         for fp64 in (False, True):
             for mode in (0, 1, 2):
-                mlp("*fp64" if fp64 else "*fp32", DEPTH=3, ACT=mode, MODE=mode, FP64=fp64, STEPS=mode == 1)
+                mlp("*fp64" if fp64 else "*fp32", ACT=mode, MODE=mode, FP64=fp64, STEPS=mode == 1)
         for depth, act in ((1, 1), (2, 2), (4, 0)):
-            mlp("*fp32", DEPTH=depth, ACT=act, MODE=1, FP64=False, STEPS=True)
+            mlp("*fp32", depth=depth, ACT=act, MODE=1, FP64=False, STEPS=True)
         from fastlangevin.chain import MLP_MAX_DEPTH, MLP_MAX_HIDDEN, TRITON_MLP_MAX_D
-        for fp64 in (False, True):
-            k = mlp("*fp64" if fp64 else "*fp32", dp=TRITON_MLP_MAX_D, hp=MLP_MAX_HIDDEN, at_one=False,
-                    DEPTH=MLP_MAX_DEPTH, ACT=0, MODE=1, FP64=fp64, STEPS=True)
-            assert k.metadata.shared <= 232448, (fp64, k.metadata.shared)
+        # every mode at the default MLPEnergy's size, the largest hoisted one and the largest
+        sizes = ((16, MLP_MAX_HIDDEN, 3), (64, 64, 3), (TRITON_MLP_MAX_D, MLP_MAX_HIDDEN, MLP_MAX_DEPTH))
+        assert M.hoist_weights(64, 64, 3, 4) and not M.hoist_weights(16, MLP_MAX_HIDDEN, 3, 4)
+        for dp, hp, depth in sizes:
+            for fp64 in (False, True):
+                for mode, steps in ((0, False), (1, False), (1, True), (2, False)):
+                    k = mlp("*fp64" if fp64 else "*fp32", dp=dp, hp=hp, depth=depth, at_one=False,
+                            ACT=0, MODE=mode, FP64=fp64, STEPS=steps)
+                    assert k.metadata.shared <= 232448, (dp, hp, depth, fp64, mode, steps, k.metadata.shared)
         print("ok")
         """
     )

@@ -103,6 +103,57 @@ def test_sample_fused_equals_step_by_step(device, backend, dtype, mh):
     assert (other.x - fused.x).abs().max() > 0.05
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("mode", ["ula", "weights", "mh"])
+def test_triton_weights_reloaded_each_step_equal_hoisted(device, mode, monkeypatch):
+    """The Triton kernel's two ways with the weights (kernels/mlp_chain.py HOIST_MAX_BYTES): kept
+    in shared memory for the whole chain (small MLPs) or reloaded every step (larger ones, whose
+    hoisted weights overflow a block's shared memory). The same arithmetic: equal results, and
+    equal to the reference chain. 16 walkers of d = 5, hidden 16, 4 steps, float64."""
+    require(device, "triton")
+    from fastlangevin.kernels import mlp_chain as kernel
+    e = _mlp(5, 16, 3, "tanh", 2.0, torch.float64).to(device)
+    x0 = _x0(16, 5, torch.float64).to(device)
+    ws, bs, act, inv_ref = e.mlp_chain_params()
+    kw = dict(inv_ref_var=inv_ref, seed=3, offset=2, mode=mode)
+    assert kernel.hoist_weights(16, 16, 3, 8)
+    hoisted = mlp_chain(x0, ws, bs, act, 4, 0.2, backend="triton", **kw)
+    monkeypatch.setattr(kernel, "HOIST_MAX_BYTES", 0)
+    assert not kernel.hoist_weights(16, 16, 3, 8)
+    reloaded = mlp_chain(x0, ws, bs, act, 4, 0.2, backend="triton", **kw)
+    ref = mlp_chain(x0.cpu(), [w.cpu() for w in ws], [b.cpu() for b in bs], act, 4, 0.2, backend="reference", **kw)
+    for f in ("x", "energy", "grad", "log_w", "accepted"):
+        a, b, r = getattr(hoisted, f), getattr(reloaded, f), getattr(ref, f)
+        if a is None:
+            assert b is None and r is None, f
+            continue
+        assert torch.equal(a, b), f
+        torch.testing.assert_close(a.cpu(), r, rtol=1e-10, atol=1e-10)
+    assert (hoisted.x - x0).abs().max() > 0.05
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", [2, 64])
+@pytest.mark.parametrize("mode", ["ula", "weights", "mh"])
+def test_triton_chain_at_full_width_on_a_gpu(d, mode):
+    """hidden 128, depth 3 (the default MLPEnergy at d = 2, the digits energy at d = 64): the
+    sizes whose hoisted weights overflowed a block's shared memory (OutOfResources at launch), so
+    the kernel reloads them per step. Against the C++ chain: 64 walkers, 5 steps of 0.5 (MALA
+    accepts 84% to 90% of them on the CPU), float64."""
+    require("cuda", "triton")
+    e = _mlp(d, 128, 3, "silu", None, torch.float64)
+    x0 = _x0(64, d, torch.float64)
+    ws, bs, act, inv_ref = e.mlp_chain_params()
+    kw = dict(inv_ref_var=inv_ref, seed=1, offset=0, mode=mode)
+    cpu = mlp_chain(x0, ws, bs, act, 5, 0.5, backend="cpu", **kw)
+    gpu = mlp_chain(x0.cuda(), [w.cuda() for w in ws], [b.cuda() for b in bs], act, 5, 0.5, backend="triton", **kw)
+    torch.testing.assert_close(gpu.x.cpu(), cpu.x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gpu.energy.cpu(), cpu.energy, rtol=1e-9, atol=1e-9)
+    if mode == "weights":
+        torch.testing.assert_close(gpu.log_w.cpu(), cpu.log_w, rtol=1e-9, atol=1e-9)
+    assert torch.equal(gpu.accepted.cpu(), cpu.accepted)
+
+
 @pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("weights,resample", [(False, None), (True, "systematic")])
 def test_walkers_fused_equals_step_by_step(device, backend, weights, resample):

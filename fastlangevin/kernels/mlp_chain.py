@@ -41,6 +41,26 @@ ACTS = ("silu", "softplus", "tanh")
 # run); with 1 stage, 74 KB and 148 KB. tests/test_build.py checks the largest admitted sizes.
 LAUNCH_OPTIONS = dict(num_warps=4, num_stages=1)
 
+# Whether the weights may stay in shared memory for the whole chain (HOIST). Triton hoists the
+# weight loads out of the n_steps loop wherever it may (every mode but weights-with-log_w_steps,
+# whose stores might alias the weights), which puts every layer's forward and backward tile in
+# shared memory at once: compiled for sm_90 (triton 3.8, one stage) the default MLPEnergy
+# (d = 2, hidden 128, depth 3, float32) then needed 286,720 B, over the H100 / H200's 232,448 B
+# a block, and [128, 128, 4] float64 1.06 MB: OutOfResources at launch. Above HOIST_MAX_BYTES
+# of packed weights (fwd + bwd) the kernel reloads them every step instead (from L2 / L1; the
+# loop-variant offset k * zero, zero = 0 at run time, keeps the compiler from hoisting), which
+# takes at most 74 KB (float32) / 148 KB (float64) of shared memory at the largest admitted
+# size. The limit keeps a hoisted block to under half an SM's 228 KB, so two blocks can share
+# an SM: a fit, measured from the compiled kernels' metadata (tests/test_build.py), not a speed
+# measured on a GPU (none has been lent yet).
+HOIST_MAX_BYTES = 96 * 1024
+
+
+def hoist_weights(dp: int, hp: int, depth: int, elem_bytes: int) -> bool:
+    """Whether the packed weights of an MLP with padded input dp, hidden hp and `depth` hidden
+    layers (forward and backward copies, elem_bytes each) stay in shared memory (HOIST_MAX_BYTES)."""
+    return 2 * (dp * hp + (depth - 1) * hp * hp) * elem_bytes <= HOIST_MAX_BYTES
+
 
 @triton.jit
 def _act(z, ACT: tl.constexpr):
@@ -112,16 +132,16 @@ def _mlp_eval(b_v, p_fwd, p_bwd, p_b, p_head, o_d, o_h, DP: tl.constexpr, HP: tl
 # float64 ULA and MALA variants (seen compiling for sm_90; 3.8 compiles them). Not specialising
 # them also spares a compile per shape class (n, d divisible by 16 or not); loads are masked by
 # DP / BLOCK_N either way.
-@triton.jit(do_not_specialize=["n", "d", "seed_lo", "seed_hi", "off_lo", "off_hi", "n_steps"])
+@triton.jit(do_not_specialize=["n", "d", "seed_lo", "seed_hi", "off_lo", "off_hi", "n_steps", "zero"])
 def _mlp_chain_kernel(
     p_x, p_u, p_g,                 # [N, d], [N], [N, d] (x's dtype): state, updated in place
     p_fwd, p_bwd, p_b, p_head,     # packed weights (x's dtype; see _mlp_eval and pack_weights)
     p_lw, p_steps, p_acc,          # [N] float64 (MODE 1), [n_steps, N] float64 (STEPS), [N] int64
-    n, d, n_steps,
+    n, d, n_steps, zero,           # zero: 0 (see HOIST_MAX_BYTES)
     a_hi, a_lo, s_hi, s_lo,        # step size and noise std as float32 halves
     seed_lo, seed_hi, off_lo, off_hi,
     BLOCK_N: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, DEPTH: tl.constexpr, ACT: tl.constexpr,
-    MODE: tl.constexpr, FP64: tl.constexpr, STEPS: tl.constexpr,
+    MODE: tl.constexpr, FP64: tl.constexpr, STEPS: tl.constexpr, HOIST: tl.constexpr,
 ):
     ACC: tl.constexpr = tl.float64 if FP64 else tl.float32
     a, s, c1, c2 = _chain_scalars(a_hi, a_lo, s_hi, s_lo, FP64)
@@ -133,7 +153,11 @@ def _mlp_chain_kernel(
         off = off0 + k  # wraps mod 2^64 like sample()'s offsets
         xi = _step_normals(c0, c1w, lane, off, k0, k1, FP64)
         b_y = tl.where(m_x, (b_x - a * b_g) + s * xi, 0.0).to(ACC)  # langevin_step's order
-        u_y, g_y = _mlp_eval(b_y, p_fwd, p_bwd, p_b, p_head, o_d, o_h, DP, HP, DEPTH, ACT)
+        if HOIST:
+            u_y, g_y = _mlp_eval(b_y, p_fwd, p_bwd, p_b, p_head, o_d, o_h, DP, HP, DEPTH, ACT)
+        else:
+            kz = k * zero  # 0, but loop-variant: the weight loads stay in the loop
+            u_y, g_y = _mlp_eval(b_y, p_fwd + kz, p_bwd + kz, p_b + kz, p_head + kz, o_d, o_h, DP, HP, DEPTH, ACT)
         b_x, b_g, b_u, b_lw, b_acc, o_st = _chain_transition(b_x, b_g, b_u, b_y, g_y, u_y, b_lw, b_acc, o_n, m_n,
                                                              p_steps, o_st, n, off, c1, c2, seed_lo, seed_hi, MODE,
                                                              STEPS)
@@ -186,8 +210,9 @@ def mlp_chain_triton(x, energy, grad, weights, biases, act: str, inv_ref_var: fl
     lw = log_w if log_w is not None else accepted  # never read unless MODE == 1 / STEPS
     steps = log_w_steps if log_w_steps is not None else accepted
     _mlp_chain_kernel[(triton.cdiv(n, block_n),)](
-        x, energy, grad, fwd, bwd, bias, head, lw, steps, accepted, n, d, n_steps, *f32_halves(step),
+        x, energy, grad, fwd, bwd, bias, head, lw, steps, accepted, n, d, n_steps, 0, *f32_halves(step),
         *f32_halves(noise_std), s_lo, s_hi, o_lo, o_hi,
         BLOCK_N=block_n, DP=dp, HP=hp, DEPTH=len(weights) - 1, ACT=ACTS.index(act), MODE=int(mode),
-        FP64=x.dtype == torch.float64, STEPS=log_w_steps is not None and int(mode) == 1, **LAUNCH_OPTIONS,
+        FP64=x.dtype == torch.float64, STEPS=log_w_steps is not None and int(mode) == 1,
+        HOIST=hoist_weights(dp, hp, len(weights) - 1, x.element_size()), **LAUNCH_OPTIONS,
     )
