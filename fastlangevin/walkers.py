@@ -12,7 +12,10 @@ and, when ESS < ess_threshold * N, SMC resampling: ancestors drawn from softmax(
 gathered with their cached energy and gradient, A reset to 0 and log Z carried forward.
 Everything after the energy evaluation is decided on the device: no .item(), no Python branch
 on a tensor value, so a GPU loop never waits on the host (except every `check_every` steps, to
-report non-finite energies).
+report non-finite energies). One exception by design: step(n) on an energy with a fused chain
+(see step()) with resampling on reads, once per chunk of CHAIN_CHUNK steps, the first step
+whose ESS fell below the threshold, to know how far to replay; that is one host sync per 32
+steps instead of none. cuda_graph=True, or an energy without a fused chain, never syncs there.
 """
 from __future__ import annotations
 
@@ -172,7 +175,8 @@ class Walkers:
         steps runs with the log-weights of every step recorded; if ESS falls below the threshold
         after step t of the chunk, the chunk is replayed from its start for t + 1 steps (the
         chain is deterministic), the walkers are resampled exactly as the loop would, and the
-        next chunk starts there. Non-finite energies are then reported at the end of a chunk.
+        next chunk starts there; finding t reads one value on the host per chunk (the only host
+        sync of a step(n) on the fused path). Non-finite energies are then reported at the end of a chunk.
 
         With ``cuda_graph=True`` the n steps are the replay of one CUDA graph (fastlangevin.graphs),
         captured at the first step(n) with this n, this energy's parameter addresses and training
