@@ -38,7 +38,9 @@ ACTS = ("silu", "softplus", "tanh")
 # compiled for sm_90 (triton 3.8, BLOCK_N 16, weights mode) the dynamic shared memory at the
 # default was 567 KB for float32 [DP 16, HP 128, depth 3] and 2.1 MB for float64 [128, 128, 4],
 # far over the H100 / H200's 227 KB (OutOfResources at launch: the default MLPEnergy did not
-# run); with 1 stage, 74 KB and 148 KB. tests/test_build.py checks the largest admitted sizes.
+# run); with 1 stage, 74 KB and 148 KB (weights mode with the log-weight store, the variant that
+# keeps its weight loads in the loop; for the others see HOIST_MAX_BYTES). tests/test_build.py
+# checks every mode at the largest admitted sizes.
 LAUNCH_OPTIONS = dict(num_warps=4, num_stages=1)
 
 # Whether the weights may stay in shared memory for the whole chain (HOIST). Triton hoists the
