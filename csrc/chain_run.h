@@ -10,7 +10,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>

@@ -155,11 +155,9 @@ def _mlp_chain_kernel(
         off = off0 + k  # wraps mod 2^64 like sample()'s offsets
         xi = _step_normals(c0, c1w, lane, off, k0, k1, FP64)
         b_y = tl.where(m_x, (b_x - a * b_g) + s * xi, 0.0).to(ACC)  # langevin_step's order
-        if HOIST:
-            u_y, g_y = _mlp_eval(b_y, p_fwd, p_bwd, p_b, p_head, o_d, o_h, DP, HP, DEPTH, ACT)
-        else:
-            kz = k * zero  # 0, but loop-variant: the weight loads stay in the loop
-            u_y, g_y = _mlp_eval(b_y, p_fwd + kz, p_bwd + kz, p_b + kz, p_head + kz, o_d, o_h, DP, HP, DEPTH, ACT)
+        # not HOIST: kz is 0 but loop-variant, so the weight loads stay in the loop
+        kz = 0 if HOIST else k * zero
+        u_y, g_y = _mlp_eval(b_y, p_fwd + kz, p_bwd + kz, p_b + kz, p_head + kz, o_d, o_h, DP, HP, DEPTH, ACT)
         b_x, b_g, b_u, b_lw, b_acc, o_st = _chain_transition(b_x, b_g, b_u, b_y, g_y, u_y, b_lw, b_acc, o_n, m_n,
                                                              p_steps, o_st, n, off, c1, c2, seed_lo, seed_hi, MODE,
                                                              STEPS)
