@@ -92,8 +92,10 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         # cuSPARSE/cuBLAS headers that torch's CUDA headers include come from the nvidia-*
-        # wheels torch installs, not from the toolkit.
-        for site in {os.path.dirname(os.path.dirname(torch.__file__))}:
+        # wheels torch installs, not from the toolkit: beside torch, or in any other folder on
+        # sys.path (wheels installed with --target, or a .pth pointing at another environment).
+        torch_site = os.path.dirname(os.path.dirname(torch.__file__))
+        for site in dict.fromkeys([torch_site] + [p for p in sys.path if p]):
             include_dirs += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
         define_macros.append(("FASTLANGEVIN_WITH_CUDA", "1"))
         ext = CUDAExtension(
