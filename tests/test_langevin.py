@@ -123,6 +123,14 @@ def test_layouts_inplace_and_out(device, backend):
     xi = x.clone()
     r = fl.langevin_step(xi, grad, 0.05, 0.2, seed=5, offset=1, out=xi, backend=backend)
     assert r.data_ptr() == xi.data_ptr() and torch.equal(xi, want)
+    # out aliasing the gradient (a caller recycling grad's buffer) and the explicit noise
+    gi = grad.clone()
+    r = fl.langevin_step(x, gi, 0.05, 0.2, seed=5, offset=1, out=gi, backend=backend)
+    assert r.data_ptr() == gi.data_ptr() and torch.equal(gi, want)
+    want_n = fl.langevin_step(x, grad, 0.05, 0.2, noise=noise, backend=backend)
+    ni = noise.clone()
+    r = fl.langevin_step(x, grad, 0.05, 0.2, noise=ni, out=ni, backend=backend)
+    assert r.data_ptr() == ni.data_ptr() and torch.equal(ni, want_n)
     # a non-contiguous out
     o = torch.full((6, 40), float("nan"), device=device).t()  # NaN: an unwritten element fails loudly
     r = fl.langevin_step(x, grad, 0.05, 0.2, seed=5, offset=1, out=o, backend=backend)

@@ -1,6 +1,5 @@
 // The float64 row sums of the transition log-ratio on the CPU (csrc/log_ratio.h has the
-// arithmetic), shared by the log-ratio kernel (weights_cpu.cpp) and the step that also returns
-// alpha (langevin_cpu.cpp), so that both give the same sums bit for bit.
+// arithmetic), for the log-ratio kernel (weights_cpu.cpp).
 //
 // Per walker a float64 row sum over kLanes independent partial sums: the template below is
 // plain C++ that GCC turns into vector registers (SLP) without reassociating any sum, compiled

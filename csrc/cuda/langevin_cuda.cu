@@ -87,13 +87,16 @@ __device__ __forceinline__ acc_t step_one(acc_t xv, acc_t gv, acc_t xi, acc_t a,
   return v;
 }
 
-// x and y carry no __restrict__: langevin_step(..., out=x) passes one buffer as both (each
-// element is read, then written, by the same thread, but restrict-qualified aliasing is UB).
+// No pointer carries __restrict__: langevin_step(..., out=x), out=grad and out=noise are all
+// allowed and pass one buffer twice (each element is read, then written, by the same thread,
+// but restrict-qualified aliasing is UB whichever input it is). What the read-only-cache loads
+// that __restrict__ const allows would buy on these streaming reads is unmeasured (no GPU has
+// been lent); a kernel that is wrong under aliasing is not worth it.
 template <typename scalar_t, typename acc_t>
-__global__ void langevin_step_kernel(const scalar_t* x,                   // [N, ...]
-                                     const scalar_t* __restrict__ g,      // [N, ...]
-                                     const scalar_t* __restrict__ noise,  // [N, ...] or nullptr
-                                     scalar_t* y,                         // [N, ...], may be x
+__global__ void langevin_step_kernel(const scalar_t* x,      // [N, ...]
+                                     const scalar_t* g,      // [N, ...], may be y
+                                     const scalar_t* noise,  // [N, ...] or nullptr, may be y
+                                     scalar_t* y,            // [N, ...], may be x, g or noise
                                      int64_t n, StepArgs<acc_t> p) {
   const int64_t nblocks = (n + 3) / 4;
   const bool per_row = p.step_t != nullptr || p.std_t != nullptr;
