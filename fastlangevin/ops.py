@@ -240,6 +240,23 @@ def randn(
     return out
 
 
+def _overlaps_shifted(out: torch.Tensor, *inputs: Optional[torch.Tensor]) -> bool:
+    """Whether the contiguous `out` overlaps one of the contiguous `inputs` (each of out's shape
+    and dtype) at a shift, so that a write could clobber an element before it is read. The same
+    start address is the same elements (the usual in-place call, out=x, is settled by the
+    identity check alone); otherwise the byte ranges are compared (data_ptr only: no storage
+    objects in the sampler's per-step path)."""
+    o0 = out.data_ptr()
+    nbytes = out.numel() * out.element_size()
+    for t in inputs:
+        if t is None or t is out:
+            continue
+        p = t.data_ptr()
+        if p != o0 and p < o0 + nbytes and o0 < p + nbytes:
+            return True
+    return False
+
+
 def langevin_step(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -263,7 +280,8 @@ def langevin_step(
     sqrt(2 a), the exact ULA; 0 for a noise-free step); xi = ``noise`` if given, else
     ``randn(x.shape, seed=seed, offset=offset)``. ``ref_var`` adds the Gaussian-reference drift
     x / ref_var (CoopVAEBM); ``grad_clip`` clips the gradient by value; ``clamp=(lo, hi)``
-    clamps the result (IGEBM style). ``out=x`` updates in place.
+    clamps the result (IGEBM style). ``out`` may be any tensor of x's shape, dtype and device,
+    x, grad or noise included (``out=x`` updates the walkers in place).
 
     float32 and float64 on every backend; float16/bfloat16 state is stepped with float32
     arithmetic. Non-contiguous inputs are accepted. Returns y (``out`` when given).
@@ -300,7 +318,10 @@ def langevin_step(
     s_f = 0.0 if std_t is not None else s
     xc, gc = x.contiguous(), grad.contiguous()
     nc = noise.contiguous() if noise is not None else None
-    direct = out is not None and out.is_contiguous()
+    # The kernels write out directly when it is contiguous and is either one of the inputs itself
+    # (each element read, then written, by one thread) or shares no memory with them; an out that
+    # overlaps an input at a shift (x = buf[:-1], out = buf[1:]) goes through a fresh buffer.
+    direct = out is not None and out.is_contiguous() and not _overlaps_shifted(out, xc, gc, nc)
     y = out if direct else torch.empty_like(xc, memory_format=torch.contiguous_format)
     args = (xc, gc, nc, step_t, std_t, a_f, s_f, inv_ref, clip, lo, hi)
     if be == "triton":
