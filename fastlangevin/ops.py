@@ -321,7 +321,10 @@ def langevin_step(
     # The kernels write out directly when it is contiguous and is either one of the inputs itself
     # (each element read, then written, by one thread) or shares no memory with them; an out that
     # overlaps an input at a shift (x = buf[:-1], out = buf[1:]) goes through a fresh buffer.
-    direct = out is not None and out.is_contiguous() and not _overlaps_shifted(out, xc, gc, nc)
+    # Not checked while torch.compile traces (fake tensors have no data pointer; a graph break
+    # would cost fullgraph=True loops their graph).
+    direct = (out is not None and out.is_contiguous()
+              and (torch.compiler.is_compiling() or not _overlaps_shifted(out, xc, gc, nc)))
     y = out if direct else torch.empty_like(xc, memory_format=torch.contiguous_format)
     args = (xc, gc, nc, step_t, std_t, a_f, s_f, inv_ref, clip, lo, hi)
     if be == "triton":
