@@ -281,7 +281,9 @@ def langevin_step(
     ``randn(x.shape, seed=seed, offset=offset)``. ``ref_var`` adds the Gaussian-reference drift
     x / ref_var (CoopVAEBM); ``grad_clip`` clips the gradient by value; ``clamp=(lo, hi)``
     clamps the result (IGEBM style). ``out`` may be any tensor of x's shape, dtype and device,
-    x, grad or noise included (``out=x`` updates the walkers in place).
+    x, grad or noise included (``out=x`` updates the walkers in place), or one that overlaps an
+    input at a shift (computed into a fresh buffer, then copied; not detected while
+    torch.compile traces).
 
     float32 and float64 on every backend; float16/bfloat16 state is stepped with float32
     arithmetic. Non-contiguous inputs are accepted. Returns y (``out`` when given).

@@ -134,8 +134,9 @@ def test_layouts_inplace_and_out(device, backend):
     # out overlapping x one walker further on (x = buf[:-1], out = buf[1:]): written straight
     # into, walker i's result would overwrite walker i + 1 before it is read
     buf = torch.cat([x, x[:1]])
-    r = fl.langevin_step(buf[:-1], grad, 0.05, 0.2, seed=5, offset=1, out=buf[1:], backend=backend)
-    assert torch.equal(buf[1:], want) and torch.equal(buf[0], x[0])
+    o = buf[1:]
+    r = fl.langevin_step(buf[:-1], grad, 0.05, 0.2, seed=5, offset=1, out=o, backend=backend)
+    assert r is o and torch.equal(buf[1:], want) and torch.equal(buf[0], x[0])
     # a non-contiguous out
     o = torch.full((6, 40), float("nan"), device=device).t()  # NaN: an unwritten element fails loudly
     r = fl.langevin_step(x, grad, 0.05, 0.2, seed=5, offset=1, out=o, backend=backend)
