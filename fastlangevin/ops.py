@@ -282,8 +282,8 @@ def langevin_step(
     x / ref_var (CoopVAEBM); ``grad_clip`` clips the gradient by value; ``clamp=(lo, hi)``
     clamps the result (IGEBM style). ``out`` may be any tensor of x's shape, dtype and device,
     x, grad or noise included (``out=x`` updates the walkers in place), or one that overlaps an
-    input at a shift (computed into a fresh buffer, then copied; not detected while
-    torch.compile traces).
+    input at a shift (computed into a fresh buffer, then copied; while torch.compile traces, every
+    out that is not x, grad or noise itself goes that way).
 
     float32 and float64 on every backend; float16/bfloat16 state is stepped with float32
     arithmetic. Non-contiguous inputs are accepted. Returns y (``out`` when given).
@@ -323,10 +323,17 @@ def langevin_step(
     # The kernels write out directly when it is contiguous and is either one of the inputs itself
     # (each element read, then written, by one thread) or shares no memory with them; an out that
     # overlaps an input at a shift (x = buf[:-1], out = buf[1:]) goes through a fresh buffer.
-    # Not checked while torch.compile traces (fake tensors have no data pointer; a graph break
-    # would cost fullgraph=True loops their graph).
-    direct = (out is not None and out.is_contiguous()
-              and (torch.compiler.is_compiling() or not _overlaps_shifted(out, xc, gc, nc)))
+    # While torch.compile traces, fake tensors have no data pointer (and a graph break would cost
+    # fullgraph=True loops their graph), so there only an out that IS one of the inputs is written
+    # directly and any other out takes the fresh buffer: Inductor re-inplaces the functionalised
+    # op into out's storage, and with x = buf[:-1], out = buf[1:] that clobbered walkers just as
+    # the eager bug did (tests/test_compile.py::test_shifted_overlap_out_compiled).
+    if out is None or not out.is_contiguous():
+        direct = False
+    elif torch.compiler.is_compiling():
+        direct = out is xc or out is gc or out is nc
+    else:
+        direct = not _overlaps_shifted(out, xc, gc, nc)
     y = out if direct else torch.empty_like(xc, memory_format=torch.contiguous_format)
     args = (xc, gc, nc, step_t, std_t, a_f, s_f, inv_ref, clip, lo, hi)
     if be == "triton":
