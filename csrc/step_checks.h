@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
 #include <optional>
 
 namespace fastlangevin {
@@ -33,6 +34,25 @@ inline void check_step_args(const at::Tensor& x, const at::Tensor& grad, const s
   if (std_t)
     TORCH_CHECK(std_t->is_contiguous() && std_t->numel() == rows && std_t->scalar_type() == acc,
                 "langevin_step: noise_std must be a contiguous [N] tensor of the accumulation dtype");
+}
+
+// Whether `out` shares bytes with one of `inputs` without starting at the same address: a
+// kernel that writes element i of out could then clobber an element of an input that another
+// thread (or a later iteration) has not read yet (x = buf[:-1], out = buf[1:]). The same start
+// is the same elements, read then written by one thread: out = x, grad or noise is the usual
+// in-place call and stays direct. Checked here, in the op, not in the Python wrapper: the op is
+// what Inductor calls after it re-inplaces the functionalised op into out's storage, with real
+// pointers (the wrapper traced fake tensors, whose aliasing it cannot see).
+inline bool overlaps_at_shift(const at::Tensor& out, std::initializer_list<const at::Tensor*> inputs) {
+  const char* o0 = static_cast<const char*>(out.data_ptr());
+  const char* o1 = o0 + out.numel() * out.element_size();
+  for (const at::Tensor* t : inputs) {
+    if (t == nullptr || t->numel() == 0) continue;
+    const char* p0 = static_cast<const char*>(t->data_ptr());
+    const char* p1 = p0 + t->numel() * t->element_size();
+    if (p0 != o0 && p0 < o1 && o0 < p1) return true;
+  }
+  return false;
 }
 
 }  // namespace fastlangevin

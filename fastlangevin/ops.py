@@ -240,23 +240,6 @@ def randn(
     return out
 
 
-def _overlaps_shifted(out: torch.Tensor, *inputs: Optional[torch.Tensor]) -> bool:
-    """Whether the contiguous `out` overlaps one of the contiguous `inputs` (each of out's shape
-    and dtype) at a shift, so that a write could clobber an element before it is read. The same
-    start address is the same elements (the usual in-place call, out=x, is settled by the
-    identity check alone); otherwise the byte ranges are compared (data_ptr only: no storage
-    objects in the sampler's per-step path)."""
-    o0 = out.data_ptr()
-    nbytes = out.numel() * out.element_size()
-    for t in inputs:
-        if t is None or t is out:
-            continue
-        p = t.data_ptr()
-        if p != o0 and p < o0 + nbytes and o0 < p + nbytes:
-            return True
-    return False
-
-
 def langevin_step(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -282,8 +265,7 @@ def langevin_step(
     x / ref_var (CoopVAEBM); ``grad_clip`` clips the gradient by value; ``clamp=(lo, hi)``
     clamps the result (IGEBM style). ``out`` may be any tensor of x's shape, dtype and device,
     x, grad or noise included (``out=x`` updates the walkers in place), or one that overlaps an
-    input at a shift (computed into a fresh buffer, then copied; while torch.compile traces, every
-    out that is not x, grad or noise itself goes that way).
+    input at a shift (computed into a fresh buffer, then copied), in eager mode and compiled.
 
     float32 and float64 on every backend; float16/bfloat16 state is stepped with float32
     arithmetic. Non-contiguous inputs are accepted. Returns y (``out`` when given).
@@ -320,20 +302,13 @@ def langevin_step(
     s_f = 0.0 if std_t is not None else s
     xc, gc = x.contiguous(), grad.contiguous()
     nc = noise.contiguous() if noise is not None else None
-    # The kernels write out directly when it is contiguous and is either one of the inputs itself
-    # (each element read, then written, by one thread) or shares no memory with them; an out that
-    # overlaps an input at a shift (x = buf[:-1], out = buf[1:]) goes through a fresh buffer.
-    # While torch.compile traces, fake tensors have no data pointer (and a graph break would cost
-    # fullgraph=True loops their graph), so there only an out that IS one of the inputs is written
-    # directly and any other out takes the fresh buffer: Inductor re-inplaces the functionalised
-    # op into out's storage, and with x = buf[:-1], out = buf[1:] that clobbered walkers just as
-    # the eager bug did (tests/test_compile.py::test_shifted_overlap_out_compiled).
-    if out is None or not out.is_contiguous():
-        direct = False
-    elif torch.compiler.is_compiling():
-        direct = out is xc or out is gc or out is nc
-    else:
-        direct = not _overlaps_shifted(out, xc, gc, nc)
+    # A contiguous out is written directly, x, grad or noise itself included. One that overlaps
+    # an input at a shift (x = buf[:-1], out = buf[1:]) is the op's business: each launcher
+    # (csrc/step_checks.h overlaps_at_shift, kernels/langevin.py) computes it apart and copies it
+    # in. There, not here: under torch.compile Inductor re-inplaces the functionalised op into
+    # out's storage, and only the op sees the real pointers (tests/test_compile.py
+    # ::test_shifted_overlap_out_compiled; deciding here clobbered walkers, max error 3.7).
+    direct = out is not None and out.is_contiguous()
     y = out if direct else torch.empty_like(xc, memory_format=torch.contiguous_format)
     args = (xc, gc, nc, step_t, std_t, a_f, s_f, inv_ref, clip, lo, hi)
     if be == "triton":

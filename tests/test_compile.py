@@ -212,37 +212,46 @@ def test_seed_offset_no_recompile_inductor():
     assert _compiles(_seed_offset_ops("cpu")["langevin_step"], backend=compile_fx) <= 2
 
 
-def _step_into_shifted(buf, g, noise):
+def _step_into_shifted(buf, g, noise, backend):
     """Walker i's result written over walker i + 1's slot: out = buf[1:], x = buf[:-1]."""
-    return fl.langevin_step(buf[:-1], g, 0.1, 0.5, noise=noise, out=buf[1:], backend="cpu")
+    return fl.langevin_step(buf[:-1], g, 0.1, 0.5, noise=noise, out=buf[1:], backend=backend)
 
 
-def _step_in_place_grad_shifted(buf, noise):
+def _step_in_place_grad_shifted(buf, noise, backend):
     """out = x itself (the direct path), x = buf[1:], with a gradient that is buf[:-1]."""
     x = buf[1:]
-    return fl.langevin_step(x, buf[:-1], 0.1, 0.5, noise=noise, out=x, backend="cpu")
+    return fl.langevin_step(x, buf[:-1], 0.1, 0.5, noise=noise, out=x, backend=backend)
 
 
-@pytest.mark.parametrize("case", ["out_shifted"])
-def test_shifted_overlap_out_compiled(case):
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("case", ["out_shifted", "grad_shifted"])
+def test_shifted_overlap_out_compiled(case, backend):
     """An out that overlaps an input at a shift, compiled through Inductor, equals eager mode.
     Inductor re-inplaces the functionalised langevin_step_out into out's storage, so when the
     Python wrapper decided (it cannot read data pointers while tracing) such an out reached the
     kernel and every walker read a neighbour's already-updated value (max error 3.7 in the
-    out_shifted case); aot_eager never showed it. While tracing, only an out that is x, grad or noise itself is
-    written directly. Not covered yet: out = x with a gradient that overlaps x at a shift
-    (_step_in_place_grad_shifted), which Inductor still clobbers; the fix is to check in the op."""
-    require("cpu", "cpu")
+    out_shifted case); aot_eager never showed it. The op now checks the real pointers itself.
+    grad_shifted: out = x itself, with a gradient that overlaps x at a shift, which the wrapper
+    cannot tell from a plain in-place call while tracing (it clobbered walkers too)."""
+    require("cpu", backend)
     torch._dynamo.reset()
     torch.manual_seed(3)
-    b0, g, nz = (torch.randn(n, 3, dtype=torch.float64) for n in (9, 8, 8))
+    # 22,000 x 3 elements: more than one program of the Triton interpreter's 65,536-element block
+    # (one program loads its whole block before it stores, so only a second program can read a
+    # neighbour's already-written value)
+    n = 22_000
+    b0, g, nz = (torch.randn(m, 3, dtype=torch.float64) for m in (n + 1, n, n))
+    # the same step on inputs that share no memory: the answer bit for bit (the Triton
+    # interpreter's rounding differs from the formula's by an ulp, so the formula is a bound)
     want = b0.clone()
     if case == "out_shifted":
-        want[1:] = b0[:-1] - 0.1 * g + 0.5 * nz
-        fn, args = _step_into_shifted, (g, nz)
+        want[1:] = fl.langevin_step(b0[:-1].clone(), g, 0.1, 0.5, noise=nz, backend=backend)
+        torch.testing.assert_close(want[1:], b0[:-1] - 0.1 * g + 0.5 * nz, rtol=0, atol=1e-14)
+        fn, args = _step_into_shifted, (g, nz, backend)
     else:
-        want[1:] = b0[1:] - 0.1 * b0[:-1] + 0.5 * nz
-        fn, args = _step_in_place_grad_shifted, (nz,)
+        want[1:] = fl.langevin_step(b0[1:].clone(), b0[:-1].clone(), 0.1, 0.5, noise=nz, backend=backend)
+        torch.testing.assert_close(want[1:], b0[1:] - 0.1 * b0[:-1] + 0.5 * nz, rtol=0, atol=1e-14)
+        fn, args = _step_in_place_grad_shifted, (nz, backend)
     eager = b0.clone()
     fn(eager, *args)
     assert torch.equal(eager, want)

@@ -137,6 +137,12 @@ def test_layouts_inplace_and_out(device, backend):
     o = buf[1:]
     r = fl.langevin_step(buf[:-1], grad, 0.05, 0.2, seed=5, offset=1, out=o, backend=backend)
     assert r is o and torch.equal(buf[1:], want) and torch.equal(buf[0], x[0])
+    # in place (out = x itself) with a gradient that overlaps x at a shift (grad = buf[:-1])
+    buf = torch.cat([x[:1], x])
+    want_g = fl.langevin_step(buf[1:].clone(), buf[:-1].clone(), 0.05, 0.2, seed=5, offset=1, backend=backend)
+    xv = buf[1:]
+    r = fl.langevin_step(xv, buf[:-1], 0.05, 0.2, seed=5, offset=1, out=xv, backend=backend)
+    assert r is xv and torch.equal(buf[1:], want_g) and torch.equal(buf[0], x[0])
     # a non-contiguous out
     o = torch.full((6, 40), float("nan"), device=device).t()  # NaN: an unwritten element fails loudly
     r = fl.langevin_step(x, grad, 0.05, 0.2, seed=5, offset=1, out=o, backend=backend)

@@ -278,14 +278,36 @@ def randn_dev_out_triton(out: torch.Tensor, seed_t: torch.Tensor, offset_t: torc
     _randn_dev_kernel[(triton.cdiv(n, block),)](out, n, seed_t, offset_t, BLOCK=block, FP64=out.dtype == torch.float64)
 
 
+def _overlaps_at_shift(out, *inputs) -> bool:
+    """csrc/step_checks.h's overlaps_at_shift: out shares bytes with an input without starting at
+    its address (data pointers only; these are real tensors, also under torch.compile)."""
+    o0 = out.data_ptr()
+    o1 = o0 + out.numel() * out.element_size()
+    for t in inputs:
+        if t is None or t.numel() == 0:
+            continue
+        p0 = t.data_ptr()
+        if p0 != o0 and p0 < o1 and o0 < p0 + t.numel() * t.element_size():
+            return True
+    return False
+
+
 def langevin_step_out_triton(
     x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo, clamp_hi, seed, offset, out,
     block=None,
 ) -> None:
-    """Launcher; arguments as in the C++ schema fastlangevin::langevin_step_out."""
+    """Launcher; arguments as in the C++ schema fastlangevin::langevin_step_out. An out that
+    overlaps an input at a shift is computed apart and copied in, as the C++ launchers do
+    (csrc/step_checks.h overlaps_at_shift)."""
     block = _block_for(x, block)
     n = x.numel()
     if n == 0:
+        return
+    if _overlaps_at_shift(out, x, grad, noise, step_t, std_t):
+        y = torch.empty_like(out, memory_format=torch.contiguous_format)
+        langevin_step_out_triton(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo,
+                                 clamp_hi, seed, offset, y, block=block)
+        out.copy_(y)
         return
     s_lo, s_hi = _words(seed)
     o_lo, o_hi = _words(offset)
