@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 
 #include <initializer_list>
 #include <optional>
@@ -53,6 +54,24 @@ inline bool overlaps_at_shift(const at::Tensor& out, std::initializer_list<const
     if (p0 != o0 && p0 < o1 && o0 < p1) return true;
   }
   return false;
+}
+
+// The launchers' shared answer to such an out (langevin_step_out_cpu / _cuda): when out overlaps
+// one of the step's inputs at a shift, run_step(y) steps into a fresh contiguous y, which is then
+// copied into out, and this returns true (the launcher is done); otherwise it returns false and
+// the launcher writes out directly.
+template <typename RunStep>
+bool step_apart_if_shifted(const at::Tensor& x, const at::Tensor& grad, const std::optional<at::Tensor>& noise,
+                           const std::optional<at::Tensor>& step_t, const std::optional<at::Tensor>& std_t,
+                           at::Tensor& out, RunStep&& run_step) {
+  if (!overlaps_at_shift(out, {&x, &grad, noise ? &*noise : nullptr, step_t ? &*step_t : nullptr,
+                               std_t ? &*std_t : nullptr})) {
+    return false;
+  }
+  at::Tensor y = at::empty_like(out, at::MemoryFormat::Contiguous);
+  run_step(y);
+  out.copy_(y);
+  return true;
 }
 
 }  // namespace fastlangevin

@@ -396,12 +396,10 @@ void langevin_step_out_cpu(const at::Tensor& x, const at::Tensor& grad, const st
                            double step, double noise_std, double inv_ref_var, double grad_clip, double clamp_lo,
                            double clamp_hi, int64_t seed, int64_t offset, at::Tensor& out) {
   check_step_args(x, grad, noise, step_t, std_t, out);
-  if (overlaps_at_shift(out, {&x, &grad, noise ? &*noise : nullptr, step_t ? &*step_t : nullptr,
-                              std_t ? &*std_t : nullptr})) {
-    at::Tensor y = at::empty_like(out, at::MemoryFormat::Contiguous);  // computed apart, then copied in
-    langevin_step_out_cpu(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo, clamp_hi,
-                         seed, offset, y);
-    out.copy_(y);
+  if (step_apart_if_shifted(x, grad, noise, step_t, std_t, out, [&](at::Tensor& y) {
+        langevin_step_out_cpu(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo,
+                              clamp_hi, seed, offset, y);
+      })) {
     return;
   }
   const int64_t n = x.numel();

@@ -169,12 +169,10 @@ void langevin_step_out_cuda(const at::Tensor& x, const at::Tensor& grad, const s
                             double step, double noise_std, double inv_ref_var, double grad_clip, double clamp_lo,
                             double clamp_hi, int64_t seed, int64_t offset, at::Tensor& out) {
   check_step_args(x, grad, noise, step_t, std_t, out);
-  if (overlaps_at_shift(out, {&x, &grad, noise ? &*noise : nullptr, step_t ? &*step_t : nullptr,
-                              std_t ? &*std_t : nullptr})) {
-    at::Tensor y = at::empty_like(out, at::MemoryFormat::Contiguous);  // computed apart, then copied in
-    langevin_step_out_cuda(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo, clamp_hi,
-                          seed, offset, y);
-    out.copy_(y);
+  if (step_apart_if_shifted(x, grad, noise, step_t, std_t, out, [&](at::Tensor& y) {
+        langevin_step_out_cuda(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo,
+                               clamp_hi, seed, offset, y);
+      })) {
     return;
   }
   TORCH_CHECK(!noise || noise->scalar_type() == x.scalar_type(), "langevin_step: noise must have x's dtype");
