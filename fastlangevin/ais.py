@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 
 from .ops import check_positive, check_u64, randn
-from .sampler import progress_range
+from .sampler import _check_energy_output, progress_range
 from .walkers import MH_STREAM, Walkers
 
 
@@ -22,7 +22,9 @@ class _Annealed:
         base = self.inv2v * (x * x).reshape(x.shape[0], -1).sum(dim=1)
         if self.beta == 0.0:
             return base
-        return self.beta * self.energy(x) + (1.0 - self.beta) * base
+        # checked before the sum: an [N, 1] output would broadcast with base [N] to [N, N]
+        u = _check_energy_output("log_partition", self.energy(x), x)
+        return self.beta * u + (1.0 - self.beta) * base
 
 
 def log_partition(

@@ -39,6 +39,7 @@ See sample() and Walkers.step() for the other conditions (float step sizes, no c
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import NamedTuple, Optional
 
@@ -89,11 +90,17 @@ def _register_fakes() -> None:
         return None
 
 
-def chain_params_of(energy):
+def chain_params_of(energy, dtype: Optional[torch.dtype] = None):
     """(means [K, d], inv_var [K, d], log_coef [K]) if ``energy`` can run as a fused mixture
-    chain (it has ``chain_params()``, as GaussianMixture and Gaussian do), else None."""
+    chain (it has ``chain_params()``, as GaussianMixture and Gaussian do), else None. dtype:
+    the walkers', passed on where the method takes it (``chain_params(dtype)`` then computes
+    inv_var and log_coef in the walkers' dtype, not in the parameters')."""
     fn = getattr(energy, "chain_params", None)
-    return fn() if callable(fn) else None
+    if not callable(fn):
+        return None
+    if dtype is not None and "dtype" in inspect.signature(fn).parameters:
+        return fn(dtype=dtype)
+    return fn()
 
 
 def _check_scalar(op: str, name: str, v, allow_zero: bool) -> float:
@@ -383,7 +390,7 @@ def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
     "cuda" as "triton" (the only MLP chain kernel for CUDA tensors)."""
     if x.dim() != 2:
         return None
-    params = chain_params_of(energy)
+    params = chain_params_of(energy, x.dtype)
     if params is not None:
         if params[0].shape[1] != x.shape[1] or params[0].device != x.device:
             return None

@@ -99,6 +99,8 @@ class Gaussian(nn.Module):
         mean = _as_float_tensor(op, "mean", mean)
         if mean.dim() != 1 or mean.shape[0] == 0:
             raise ValueError(f"{op}: mean has shape {_shape(mean)}, expected [d] with d >= 1")
+        if not bool(torch.isfinite(mean).all()):
+            raise ValueError(f"{op}: mean must be finite")
         d = mean.shape[0]
         if var is None and log_var is None:
             var = 1.0
@@ -131,11 +133,15 @@ class Gaussian(nn.Module):
         """log Z = 1/2 sum_j log(2 pi var_j), 0-d (differentiable in log_var)."""
         return 0.5 * (self.log_var + math.log(2 * math.pi)).sum()
 
-    def chain_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def chain_params(self, dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(means [1, d], inv_var [1, d], log_coef [1]) of the mixture kernel: U is exactly the
-        K = 1 mixture energy with log_coef = 0 (see GaussianMixture.chain_params)."""
-        mean = self.mean.detach()
-        return mean.reshape(1, -1), torch.exp(-self.log_var.detach()).reshape(1, -1), mean.new_zeros(1)
+        K = 1 mixture energy with log_coef = 0 (see GaussianMixture.chain_params). dtype: the
+        walkers' (default the parameters'); the parameters are cast before exp(-log_var), as
+        energy_and_grad does, so float64 walkers get a float64 inv_var from float32 parameters."""
+        dtype = dtype or self.mean.dtype
+        mean = self.mean.detach().to(dtype)
+        return (mean.reshape(1, -1), torch.exp(-self.log_var.detach().to(dtype)).reshape(1, -1),
+                mean.new_zeros(1))
 
 
 class GaussianMixture(nn.Module):
@@ -172,6 +178,8 @@ class GaussianMixture(nn.Module):
         means = _as_float_tensor(op, "means", means)
         if means.dim() != 2 or means.shape[0] == 0 or means.shape[1] == 0:
             raise ValueError(f"{op}: means has shape {_shape(means)}, expected [K, d] with K, d >= 1")
+        if not bool(torch.isfinite(means).all()):
+            raise ValueError(f"{op}: means must be finite")
         k, d = means.shape
         if log_weights is None:
             log_weights = torch.zeros(k, dtype=means.dtype)
@@ -221,17 +229,20 @@ class GaussianMixture(nn.Module):
         The quadratic form is built from x - means_k, not from |x|^2 - 2 x.means_k + |means_k|^2,
         which cancels catastrophically at |x| ~ 10 in float32."""
         _check_x("GaussianMixture.energy_and_grad", x, self.dim)
-        return reference.mixture_energy_ref(x, *self.chain_params())
+        return reference.mixture_energy_ref(x, *self.chain_params(x.dtype))
 
     def log_z(self) -> torch.Tensor:
         """log Z = logsumexp(log_weights) + (d / 2) log(2 pi), 0-d (differentiable)."""
         return torch.logsumexp(self.log_weights, dim=0) + 0.5 * self.dim * math.log(2 * math.pi)
 
-    def chain_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def chain_params(self, dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(means [K, d], inv_var [K, d], log_coef [K]), detached: what the fused chain kernel
-        needs, with q_k(x) = log_coef_k - 1/2 sum_j (x_j - means_kj)^2 inv_var_kj."""
-        return (self.means.detach(), torch.exp(-self.log_var.detach()),
-                self._log_coef(self.means.dtype).detach())
+        needs, with q_k(x) = log_coef_k - 1/2 sum_j (x_j - means_kj)^2 inv_var_kj. dtype: the
+        walkers' (default the parameters'); the parameters are cast first and inv_var and
+        log_coef computed in it, as forward() does."""
+        dtype = dtype or self.means.dtype
+        return (self.means.detach().to(dtype), torch.exp(-self.log_var.detach().to(dtype)),
+                self._log_coef(dtype).detach())
 
 
 class DoubleWell(nn.Module):
@@ -341,7 +352,14 @@ class MLPEnergy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """U(x) [N] from torch ops (differentiable in x and the parameters)."""
         xf = self._flat("MLPEnergy", x)
-        u = self.net(xf).squeeze(1)
+        if all(p.dtype == xf.dtype for p in self.parameters()):
+            h = self.net(xf)
+        else:  # the parameters cast to x's dtype (differentiably), as every energy here does
+            h = xf
+            for m in self.net:
+                h = (nn.functional.linear(h, m.weight.to(xf.dtype), m.bias.to(xf.dtype)) if isinstance(m, nn.Linear)
+                     else m(h))
+        u = h.squeeze(1)
         if self.ref_var is not None:
             u = u + xf.pow(2).sum(1) / (2.0 * self.ref_var)
         return u

@@ -68,9 +68,9 @@ import torch
 from . import _backend, reference
 from .ops import _as_i64
 
-# The streams of fastlangevin.walkers, as int64 words (RESAMPLE_STREAM = 2^63 is the sign bit).
-MH_STREAM = 1 << 62
-RESAMPLE_STREAM_I64 = _as_i64(1 << 63)
+# The streams of fastlangevin.reference, RESAMPLE_STREAM as an int64 word (2^63 is the sign bit).
+MH_STREAM = reference.MH_STREAM
+RESAMPLE_STREAM_I64 = _as_i64(reference.RESAMPLE_STREAM)
 
 # Test seam: True runs every captured body eagerly at each "replay" instead of capturing it,
 # and lets cuda_graph=True through on any device. The tests set it to run the exact replay path

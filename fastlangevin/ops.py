@@ -7,6 +7,7 @@ global generator, so a loop of them can be captured in a CUDA graph.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -102,7 +103,7 @@ def check_positive(op: str, name: str, v, x: torch.Tensor, allow_zero: bool = Fa
             if bool(bad.any()):
                 raise ValueError(f"{op}: {name} must be finite and {rel}; {int(bad.sum())} of {v.numel()} entries are not")
         return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numbers.Real: numpy scalars too
         raise TypeError(f"{op}: {name} must be a float or a tensor, got {type(v).__name__}")
     v = float(v)
     if not math.isfinite(v) or (v < 0 if allow_zero else v <= 0):
@@ -225,7 +226,12 @@ def randn(
     op = "randn"
     if isinstance(shape, int):
         shape = (shape,)
-    shape = torch.Size(shape)
+    try:
+        shape = torch.Size(shape)
+    except TypeError:
+        raise TypeError(f"randn: shape must be an int or a sequence of ints, got {shape!r}") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"randn: shape must have sizes >= 0, got {tuple(shape)}")
     if dtype not in _FLOATS:
         raise TypeError(f"{op}: dtype must be a floating dtype, got {dtype}")
     seed, offset, device, be = resolve_stream(op, seed, offset, device, backend)

@@ -320,8 +320,12 @@ def jarzynski_increment_ref(
 # fused chains of analytic energies
 # --------------------------------------------------------------------------------------------
 
-# Offset of MALA's accept/reject uniforms for step k: MH_STREAM | (k mod 2^62) (fastlangevin.walkers).
+# The streams of one seed, kept apart by the top bits of the offset (fastlangevin.walkers and
+# sample() use them; csrc/chain_run.h mh_offset is the C++ twin of the first): step k's noise is
+# at offset k (< 2^62), MALA's accept/reject uniforms of step k at MH_STREAM | (k mod 2^62), the
+# uniforms of the resampling after step k at RESAMPLE_STREAM | k.
 MH_STREAM = 1 << 62
+RESAMPLE_STREAM = 1 << 63
 CHAIN_MODES = ("ula", "weights", "mh")
 
 

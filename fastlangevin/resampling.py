@@ -54,10 +54,22 @@ def ess(log_w: torch.Tensor) -> torch.Tensor:
     dominates, 0 when every log-weight is -inf, NaN for a NaN log-weight.
     """
     _check_log_w("ess", log_w)
+    return ess_rows(log_w)
+
+
+def ess_rows(log_w: torch.Tensor) -> torch.Tensor:
+    """ess() along the last dimension of log_w [..., N] (unchecked): [...] float64.
+
+    With a = exp(log_w - max log_w) in (0, 1], ESS = (sum a)^2 / sum a^2: equal log-weights give
+    N exactly (every a is 1; the difference of two logsumexps, the earlier form, rounded to
+    4.999999999999999 for N = 5 and exceeded N at log-weights of 1e4), and sum a^2 <= sum a
+    bounds it below by 1. It is clamped to N against the last ulp of rounding above it."""
     lw = log_w.to(torch.float64)
-    lse = torch.logsumexp(lw, 0)
-    val = torch.exp(2.0 * lse - torch.logsumexp(2.0 * lw, 0))
-    return torch.where(torch.isneginf(lse), 0.0, val)  # all -inf: -inf - -inf is NaN, not 0
+    m = lw.amax(dim=-1, keepdim=True)
+    a = torch.exp(lw - torch.where(torch.isneginf(m), 0.0, m))  # all -inf: a = 0 (ESS 0), not NaN
+    s1, s2 = a.sum(dim=-1), (a * a).sum(dim=-1)
+    val = torch.clamp(s1 * s1 / s2, max=float(lw.shape[-1]))
+    return torch.where(s1 == 0, 0.0, val)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import math
 import torch
 
 from . import _backend
+from .reference import MH_STREAM
 from .ops import (
     check_clamp,
     check_float_tensor,
@@ -74,6 +75,8 @@ def _check_energy_output(op: str, u, x: torch.Tensor) -> torch.Tensor:
         )
     if not u.is_floating_point():
         raise TypeError(f"{op}: energy returned dtype {u.dtype}, expected a floating dtype")
+    if u.device != x.device:
+        raise ValueError(f"{op}: energy returned a tensor on {u.device}, the walkers are on {x.device}")
     return u
 
 
@@ -97,6 +100,9 @@ def energy_and_grad(energy: Energy, x: torch.Tensor, op: str = "sample") -> tupl
             got = f"shape [{', '.join(map(str, g.shape))}]" if torch.is_tensor(g) else type(g).__name__
             raise ValueError(f"{op}: energy.energy_and_grad returned a gradient of {got}, expected x's shape "
                              f"[{', '.join(map(str, x.shape))}]")
+        if g.dtype != x.dtype or g.device != x.device:
+            raise TypeError(f"{op}: energy.energy_and_grad returned a {g.dtype} gradient on {g.device}, expected x's "
+                            f"{x.dtype} on {x.device}")
         return u.detach(), g.detach()
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
@@ -108,7 +114,12 @@ def energy_and_grad(energy: Energy, x: torch.Tensor, op: str = "sample") -> tupl
             )
         (g,) = torch.autograd.grad(u.sum(), xr, allow_unused=True)
     if g is None:
-        g = torch.zeros_like(x)
+        # The output needs grad through the energy's parameters only: x is not in its graph (an
+        # energy that detaches its input). A zero drift would be plain diffusion, silently.
+        raise ValueError(
+            f"{op}: the energy's output does not depend on x through autograd (it depends on the "
+            "energy's parameters only: does the energy detach its input?)"
+        )
     return u.detach(), g.detach()
 
 
@@ -122,28 +133,36 @@ class _NonFiniteWatch:
     def __init__(self, op: str, device: torch.device, every: int, host: bool = True):
         self.op, self.every, self.host = op, every, host
         self.what = "energy or gradient"  # what update() has looked at
+        # first: the step of the first bad state (-1: the initial state), meaningful once count > 0
         self.first = torch.full((), -1, dtype=torch.int64, device=device)
         self.count = torch.zeros((), dtype=torch.int64, device=device)
 
-    def update(self, step, u: torch.Tensor, g: torch.Tensor, log_w: Optional[torch.Tensor] = None) -> None:
-        """Note the walkers whose energy u [N] or gradient g [N, ...] is NaN/inf, or whose
+    def bad(self, u: torch.Tensor, g: torch.Tensor, log_w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N] bool: the walkers whose energy u [N] or gradient g [N, ...] is NaN/inf, or whose
         log-weight log_w [N] (when given) is NaN or +inf (-inf is a legitimate zero weight)."""
         bad = ~torch.isfinite(u) | ~torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
         if log_w is not None:
             bad = bad | torch.isnan(log_w) | (log_w == math.inf)
             self.what = "energy, gradient or log-weight"
-        n_bad = bad.sum()
-        new = (self.first < 0) & (n_bad > 0)
+        return bad
+
+    def update(self, step, u: torch.Tensor, g: torch.Tensor, log_w: Optional[torch.Tensor] = None,
+               bad: Optional[torch.Tensor] = None) -> None:
+        """Note the bad walkers (see bad(); or the mask ``bad`` already computed) of the state
+        after step ``step`` (-1: the initial state)."""
+        n_bad = (self.bad(u, g, log_w) if bad is None else bad).sum()
+        new = (self.count == 0) & (n_bad > 0)
         self.first = torch.where(new, step, self.first)
         self.count = torch.where(new, n_bad, self.count)
         if self.host and (step + 1) % self.every == 0:
             self.check()
 
     def check(self) -> None:
-        first = int(self.first)
-        if first >= 0:
+        if int(self.count) > 0:
+            first = int(self.first)
+            where = "in the initial state (x0)" if first < 0 else f"at step {first}"
             raise NonFiniteError(
-                f"{self.op}: {self.what} became non-finite at step {first} "
+                f"{self.op}: {self.what} became non-finite {where} "
                 f"for {int(self.count)} walker(s); lower the step size or check the energy"
             )
 
@@ -185,11 +204,15 @@ def sample(
 
     ``mh=True`` makes it MALA: each proposal y is accepted with probability
     min(1, exp(alpha(x, y) - alpha(y, x))) (fastlangevin.weights.jarzynski_increment with the
-    parameters fixed), the uniform drawn from the Philox stream at offset MH_STREAM | k; one
-    energy evaluation per step (at the proposal). During the first ``adapt_steps`` steps the
-    step size adapts toward ``target_accept`` (log a += 0.1 (rate - target) per step; the
-    default noise sqrt(2 a) follows); those steps are not counted in ``acceptance``. Clamping
-    and gradient clipping break the proposal density, so they are refused with mh=True.
+    parameters fixed), the uniform drawn from the Philox stream at offset MH_STREAM | k
+    (MH_STREAM = 2^62, so the noise offsets offset + k must stay below 2^62: offset + n_steps
+    > 2^62 is refused with mh=True); one energy evaluation per step (at the proposal). A
+    proposal whose energy is +inf or NaN (or whose gradient is not finite) is rejected, on the
+    fused and the step-by-step path alike; NonFiniteError is about the chain's states. During
+    the first ``adapt_steps`` steps the step size adapts toward ``target_accept`` (log a +=
+    0.1 (rate - target) per step; the default noise sqrt(2 a) follows); those steps are not
+    counted in ``acceptance``. Clamping and gradient clipping break the proposal density, so
+    they are refused with mh=True; adapt_steps and target_accept without mh=True are refused.
 
     Fused chains: when the energy has ``chain_params()`` (fastlangevin.energies.GaussianMixture
     and Gaussian: fastlangevin.chain.mixture_chain), ``double_well_chain_params()``
@@ -202,8 +225,8 @@ def sample(
     through the Triton kernel where triton is installed), all n_steps run in one fused chain
     call (ULA or MALA; fastlangevin.chain.fused_chain_of), with the same noise and uniforms as
     the loop. Anything else (another energy, a larger MLP, image-shaped walkers, a backend
-    without the kernel) runs step by step. A non-finite energy is then reported at the end of
-    the chain, without the step number.
+    without the kernel) runs step by step. A fused chain that ends non-finite is run again step
+    by step (the same draws), so NonFiniteError names the first bad step either way.
 
     ``cuda_graph=True`` (CUDA tensors only; a CPU x0 raises ValueError rather than falling back,
     so that nobody times the eager loop believing it is a graph) runs the whole call, ULA or
@@ -240,10 +263,12 @@ def sample(
     check_grad_clip(op, grad_clip)
     check_clamp(op, clamp)
     be = _backend.resolve(op, backend, x0.device)
-    if check_every is None:
-        check_every = 1 if x0.device.type == "cpu" else 100
+    check_every = check_every_of(op, check_every, x0.device)
     fused = None if cuda_graph else _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, be, return_trajectory,
                                                  progress, adapt_steps if mh else 0, n_steps)
+    if not mh and (adapt_steps or target_accept != 0.574):
+        raise ValueError(f"{op}: adapt_steps and target_accept tune MALA's acceptance rate: they need mh=True "
+                         f"(got adapt_steps={adapt_steps!r}, target_accept={target_accept!r})")
     if mh:
         if clamp is not None or grad_clip is not None:
             raise ValueError(f"{op}: mh=True cannot be combined with clamp or grad_clip: they change the "
@@ -256,32 +281,58 @@ def sample(
             raise ValueError(f"{op}: target_accept must be in (0, 1), got {target_accept!r}")
         if not torch.is_tensor(s) and s == 0.0:
             raise ValueError(f"{op}: mh=True needs noise_std > 0 (the proposal density must exist)")
-        if fused is not None:
-            return _sample_chain(op, energy, x0, n_steps, a, s, fused, seed=seed, offset=offset, backend=be, mh=True)
+        if offset + n_steps > MH_STREAM:
+            raise ValueError(
+                f"{op}: with mh=True the steps' noise offsets offset .. offset + n_steps - 1 must stay below "
+                f"2^62, got offset={offset}, n_steps={n_steps}: the accept/reject uniforms of step k are the "
+                "stream at offset 2^62 | k, which a noise offset of 2^62 or more would share"
+            )
+    if mh:
+        def loop():
+            return _sample_mala(energy, x0, n_steps, a, noise_std, seed=seed, offset=offset, ref_var=ref_var,
+                                backend=be, progress=progress, return_trajectory=return_trajectory,
+                                check_every=check_every, adapt_steps=adapt_steps, target_accept=target_accept)
+    else:
+        def loop():
+            return _sample_ula(op, energy, x0, n_steps, a, s, seed=seed, offset=offset, ref_var=ref_var,
+                               grad_clip=grad_clip, clamp=clamp, backend=be, check_every=check_every,
+                               return_trajectory=return_trajectory, progress=progress)
+    if fused is not None:
+        return _sample_chain(op, energy, x0, n_steps, a, s, fused, seed=seed, offset=offset, backend=be, mh=mh,
+                             loop=loop)
     if cuda_graph:
         return _sample_graph(op, energy, x0, n_steps, a, noise_std if noise_std is None else s, seed=seed,
                              offset=offset, ref_var=ref_var, grad_clip=grad_clip, clamp=clamp, backend=be,
                              return_trajectory=return_trajectory, mh=mh, adapt_steps=adapt_steps if mh else 0,
                              target_accept=target_accept)
-    if mh:
-        return _sample_mala(energy, x0, n_steps, a, noise_std, seed=seed, offset=offset, ref_var=ref_var, backend=be,
-                            progress=progress, return_trajectory=return_trajectory, check_every=check_every,
-                            adapt_steps=adapt_steps, target_accept=target_accept)
+    return loop()
 
-    if fused is not None:
-        return _sample_chain(op, energy, x0, n_steps, a, s, fused, seed=seed, offset=offset, backend=be, mh=False)
+
+def _sample_ula(op, energy, x0, n_steps, a, s, *, seed, offset, ref_var, grad_clip, clamp, backend, check_every,
+                return_trajectory, progress) -> SampleResult:
+    """The eager ULA branch of sample(); arguments already validated."""
     x = x0.detach().clone(memory_format=torch.contiguous_format)
     traj = [x.clone()] if return_trajectory else None
     watch = _NonFiniteWatch(op, x.device, check_every)
     _ula_loop(op, energy, x, n_steps, a, s, seed=seed, offset=offset, ref_var=ref_var, grad_clip=grad_clip,
-              clamp=clamp, backend=be, watch=watch, traj=traj, progress=progress)
+              clamp=clamp, backend=backend, watch=watch, traj=traj, progress=progress)
     watch.check()
     with torch.no_grad():
         u = _check_energy_output(op, energy(x), x).detach()
     _check_final_energy(op, u, n_steps)
     return SampleResult(
-        x=x, energy=u, trajectory=torch.stack(traj) if traj is not None else None, n_steps=n_steps, backend=be
+        x=x, energy=u, trajectory=torch.stack(traj) if traj is not None else None, n_steps=n_steps, backend=backend
     )
+
+
+def check_every_of(op: str, check_every, device: torch.device) -> int:
+    """How often (in steps) the host looks at the non-finite watch: None -> 1 on CPU, 100 on a
+    GPU (each look is a device synchronisation there); else an int >= 1."""
+    if check_every is None:
+        return 1 if device.type == "cpu" else 100
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"{op}: check_every must be None or an int >= 1, got {check_every!r}")
+    return check_every
 
 
 def _check_final_energy(op: str, u: torch.Tensor, n_steps: int) -> None:
@@ -401,7 +452,6 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
     uniforms (seed and offset then unused), and a host=False watch that the caller checks after
     the replay."""
     from .resampling import uniforms
-    from .walkers import MH_STREAM
     from .weights import jarzynski_increment
 
     op = "sample"
@@ -427,17 +477,19 @@ def _sample_mala(energy, x0, n_steps, a, noise_std, *, seed, offset, ref_var, ba
         y = langevin_step(x, g_x, a_k, s_used, seed=seed, offset=(offset + k) & mask64, ref_var=ref_var,
                           noise=None if stream is None else stream.normals(x, k), backend=backend)
         u_y, g_y = energy_and_grad(energy, y, op)
-        watch.update(k, u_y, g_y)
         log_r = jarzynski_increment(x, g_x, u_x, y, g_y, u_y, a_k, s_used, ref_var=ref_var, backend=backend)
         if stream is None:
             u = uniforms(n, seed=seed, offset=MH_STREAM | ((offset + k) & (MH_STREAM - 1)), device=dev)
         else:
             u = stream.mh_uniforms(n, k)
-        acc = torch.log(u) < log_r  # NaN ratios reject (and the watch reports them)
+        # A proposal with U = +inf has ratio -inf and one with a NaN energy or gradient a NaN ratio:
+        # both are rejected, as in the fused MALA chains; the watch looks at the chain's states.
+        acc = torch.log(u) < log_r
         shape = (n,) + (1,) * (x.dim() - 1)
         x = torch.where(acc.view(shape), y, x)
         g_x = torch.where(acc.view(shape), g_y, g_x)
         u_x = torch.where(acc, u_y, u_x)
+        watch.update(k, u_x, g_x)
         rate = acc.to(torch.float64).mean()
         if k < adapt_steps:
             log_scale = log_scale + 0.1 * (rate - target_accept)
@@ -475,14 +527,22 @@ def _raise_if_non_finite(op: str, u: torch.Tensor, g: torch.Tensor, where: str) 
                              "lower the step size or check the energy")
 
 
-def _sample_chain(op, energy, x0, n_steps, a, s, run, *, seed, offset, backend, mh) -> SampleResult:
-    """sample() as one fused chain (arguments validated, run from _fused_chain)."""
+def _sample_chain(op, energy, x0, n_steps, a, s, run, *, seed, offset, backend, mh, loop) -> SampleResult:
+    """sample() as one fused chain (arguments validated, run from _fused_chain). loop: the same
+    call on the step-by-step path. A chain that ends non-finite is run again by ``loop``
+    (sample() is a pure function of its arguments, so it replays the same states), whose watch
+    raises NonFiniteError naming the first bad step, as the step-by-step path does."""
     x = x0.detach()
     u, g = energy_and_grad(energy, x, op)
-    _raise_if_non_finite(op, u, g, "at step 0 (the initial state)")
+    _raise_if_non_finite(op, u, g, "in the initial state (x0)")
     res = run(x, n_steps, a, s, energy=u, grad=g, seed=seed, offset=offset, mode="mh" if mh else "ula",
               backend=backend)
-    _raise_if_non_finite(op, res.energy, res.grad, f"within steps 0..{n_steps} (fused chain)")
+    bad = ~torch.isfinite(res.energy) | ~torch.isfinite(res.grad).all(dim=1)
+    if bool(bad.any()):
+        loop()  # raises at the first bad step; it stays finite only where rounding differs at the edge
+        raise NonFiniteError(f"{op}: energy or gradient non-finite after step {n_steps - 1} of the fused chain for "
+                             f"{int(bad.sum())} walker(s) (the step-by-step replay stayed finite); lower the "
+                             "step size or check the energy")
     acceptance = None
     if mh:
         acceptance = res.accepted.sum().to(torch.float64) / (x.shape[0] * n_steps)

@@ -34,15 +34,20 @@ from .ops import (
     default_noise_std,
     langevin_step,
 )
-from .sampler import NonFiniteError, _NonFiniteWatch, check_energy_and_walkers, energy_and_grad
+from .reference import MH_STREAM, RESAMPLE_STREAM
+from .sampler import NonFiniteError, _NonFiniteWatch, check_energy_and_walkers, check_every_of, energy_and_grad
 
-# Offsets of the Philox stream: step k's noise uses offset k; the uniforms of the resampling
-# after step k use offset RESAMPLE_STREAM | k, and MALA's accept/reject uniforms MH_STREAM | k,
-# so no two draws of one Walkers (or one sample() call) ever share a counter.
-RESAMPLE_STREAM = 1 << 63
-MH_STREAM = 1 << 62
+# Offsets of the Philox stream (defined in fastlangevin.reference): step k's noise uses offset
+# k; the uniforms of the resampling after step k use offset RESAMPLE_STREAM | k, and MALA's
+# accept/reject uniforms MH_STREAM | k, so no two draws of one Walkers (or one sample() call)
+# ever share a counter.
 
 SCHEMES = ("multinomial", "systematic", "stratified", "residual")
+
+
+def _own(v):
+    """A private copy of a per-walker tensor (floats pass through)."""
+    return v.clone() if torch.is_tensor(v) else v
 
 # Steps per speculative chunk of the fused path when resampling may trigger: the log-weights
 # of every step of a chunk are kept ([CHAIN_CHUNK, N] float64, 2 MB at N = 10^4), and a trigger
@@ -75,7 +80,8 @@ class Walkers:
             stream) and kept on the object (see step()). CUDA tensors only: a CPU x0 raises
             ValueError rather than silently running eagerly.
 
-    Attributes: x [N, ...], energy [N], grad [N, ...], log_weights [N] (float64), weights [N],
+    Attributes: x [N, ...], energy [N] and grad [N, ...] (of ``energy`` itself: the ref_var term
+    is added where the step and the weights use them, not stored), log_weights [N] (float64), weights [N],
     ess (0-d), log_z (0-d, estimate of log Z_theta - log Z_theta0 carried across resampling),
     n_resampled (0-d int64), steps (int), per_walker (dict of [N, ...] tensors that resampling
     moves with the walkers).
@@ -103,14 +109,16 @@ class Walkers:
 
         self.cuda_graph = check_cuda_graph(op, cuda_graph, x0)
         self._graphs = GraphCache(size=2)
-        self.step_size = check_positive(op, "step_size", step_size, x0)
+        # per-walker tensors are copied, as x0 is: a later in-place write by the caller must not
+        # change a running chain's step (nor skip the checks made here)
+        self.step_size = _own(check_positive(op, "step_size", step_size, x0))
         if noise_std is None:
             self.noise_std = default_noise_std(self.step_size)
         else:
-            self.noise_std = check_positive(op, "noise_std", noise_std, x0, allow_zero=not weights)
+            self.noise_std = _own(check_positive(op, "noise_std", noise_std, x0, allow_zero=not weights))
         if resample is not None and resample not in SCHEMES:
             raise ValueError(f"{op}: resample must be one of {SCHEMES} or None, got {resample!r}")
-        if not (isinstance(ess_threshold, (int, float)) and 0.0 <= ess_threshold <= 1.0):
+        if isinstance(ess_threshold, bool) or not (isinstance(ess_threshold, (int, float)) and 0.0 <= ess_threshold <= 1.0):
             raise ValueError(f"{op}: ess_threshold must be in [0, 1], got {ess_threshold!r}")
         check_ref_var(op, ref_var)
         self.seed = check_u64(op, "seed", seed)
@@ -120,7 +128,7 @@ class Walkers:
         self.ess_threshold = float(ess_threshold)
         self.ref_var = ref_var
         self.backend = _backend.resolve(op, backend, x0.device)
-        self.check_every = check_every or (1 if x0.device.type == "cpu" else 100)
+        self.check_every = check_every_of(op, check_every, x0.device)
         self.steps = 0
 
         self.x = x0.detach().clone(memory_format=torch.contiguous_format)
@@ -176,7 +184,10 @@ class Walkers:
         after step t of the chunk, the chunk is replayed from its start for t + 1 steps (the
         chain is deterministic), the walkers are resampled exactly as the loop would, and the
         next chunk starts there; finding t reads one value on the host per chunk (the only host
-        sync of a step(n) on the fused path). Non-finite energies are then reported at the end of a chunk.
+        sync of a step(n) on the fused path). A chunk that ends non-finite, seen where the host
+        looks (every chunk on CPU, a chunk that crosses a multiple of check_every on a GPU), is
+        replayed by the step loop from its start, which raises NonFiniteError at the first bad
+        step and leaves the state there, as the loop does.
 
         With ``cuda_graph=True`` the n steps are the replay of one CUDA graph (fastlangevin.graphs),
         captured at the first step(n) with this n, this energy's parameter addresses and training
@@ -210,15 +221,18 @@ class Walkers:
                 noise=stream.normals(self.x, j) if stream is not None and noisy else None, backend=self.backend,
             )
             u_new, g_new = energy_and_grad(self.energy_fn, x_new, "Walkers.step")
+            lw_new = self.log_weights
             if self.use_weights:
                 inc = _weights.jarzynski_increment(
                     self.x, self.grad, self.energy, x_new, g_new, u_new, self.step_size, self.noise_std,
                     ref_var=self.ref_var, backend=self.backend,
                 )
-                self.log_weights = self.log_weights + inc
+                lw_new = self.log_weights + inc
+            # the watch may raise: the state is replaced only after it, all of it together, so a
+            # NonFiniteError leaves the walkers (and state_dict()) at the last good step
             self._watch.update(k if stream is None else stream.offset(j), u_new, g_new,
-                               self.log_weights if self.use_weights else None)
-            self.x, self.grad, self.energy = x_new, g_new, u_new
+                               lw_new if self.use_weights else None)
+            self.x, self.grad, self.energy, self.log_weights = x_new, g_new, u_new, lw_new
             self.steps = k + 1
             if self.use_weights and self.scheme is not None:
                 self._resample_if(self.ess < self.ess_threshold * self.n, self.scheme, RESAMPLE_STREAM | k,
@@ -326,20 +340,27 @@ class Walkers:
             res = chain(self.x, m, self.step_size, self.noise_std, return_log_w_steps=resampling, **run)
             done, trigger = m, False
             if resampling:
-                lw = res.log_w_steps
-                lse = torch.logsumexp(lw, dim=1)
-                ess = torch.where(torch.isneginf(lse), 0.0, torch.exp(2.0 * lse - torch.logsumexp(2.0 * lw, dim=1)))
+                ess = _resample.ess_rows(res.log_w_steps)  # [m]: the ESS after each step of the chunk
                 hits = torch.nonzero(ess < self.ess_threshold * self.n)
                 if hits.numel():
                     done, trigger = int(hits[0, 0]) + 1, True
                     if done < m:  # replay the chunk up to the triggering step
                         res = chain(self.x, done, self.step_size, self.noise_std, **run)
+            bad = self._watch.bad(res.energy, res.grad, res.log_w if self.use_weights else None)
+            looks = self.x.device.type == "cpu" or (self.steps + done) // self.check_every != self.steps // self.check_every
+            if looks and bool(bad.any()):
+                # A non-finite state somewhere in this chunk: replay it with the step loop from the
+                # chunk's start (the same draws), so that the error names the first bad step and
+                # the state is left where the loop leaves it, as on the step-by-step path.
+                self._advance(done)
+                left -= done
+                continue
             self.x, self.energy, self.grad = res.x, res.energy, res.grad
             if self.use_weights:
                 self.log_weights = res.log_w
             self.steps += done
             left -= done
-            self._watch.update(self.steps - 1, self.energy, self.grad, self.log_weights if self.use_weights else None)
+            self._watch.update(self.steps - 1, self.energy, self.grad, bad=bad)
             if trigger:
                 self._resample_if(torch.ones((), dtype=torch.bool, device=self.x.device), self.scheme,
                                   RESAMPLE_STREAM | (self.steps - 1))
@@ -390,6 +411,10 @@ class Walkers:
         """Move walkers to their ancestors' states: x, grad, energy and every tensor in
         ``self.per_walker`` (the trainer's own per-walker state, e.g. labels or chain ages,
         each [N, ...]) together. ancestors: int64 [N], each in [0, N)."""
+        for k, v in self.per_walker.items():
+            if not torch.is_tensor(v) or v.dim() < 1 or v.shape[0] != self.n:
+                got = list(v.shape) if torch.is_tensor(v) else type(v).__name__
+                raise ValueError(f"Walkers.gather: per_walker[{k!r}] must be a tensor [N = {self.n}, ...], got {got}")
         self.x = self.x.index_select(0, ancestors)
         self.grad = self.grad.index_select(0, ancestors)
         self.energy = self.energy.index_select(0, ancestors)
@@ -420,10 +445,27 @@ class Walkers:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict(): x, grad and energy must have this object's shapes and dtype,
+        each per_walker tensor N rows (the walkers were built for them: a float64 state is not
+        silently taken into float32 walkers, which could not resume bit for bit)."""
+        op = "Walkers.load_state_dict"
+        missing = [k for k in ("x", "grad", "energy", "log_weights", "log_z0", "n_resampled", "steps", "seed")
+                   if k not in state]
+        if missing:
+            raise KeyError(f"{op}: the state lacks {missing} (is it a Walkers.state_dict()?)")
         for k in ("x", "grad", "energy", "log_weights"):
+            if not torch.is_tensor(state[k]):
+                raise TypeError(f"{op}: {k} must be a tensor, got {type(state[k]).__name__}")
             if state[k].shape != getattr(self, k).shape:
-                raise ValueError(f"Walkers.load_state_dict: {k} has shape {list(state[k].shape)}, "
+                raise ValueError(f"{op}: {k} has shape {list(state[k].shape)}, "
                                  f"expected {list(getattr(self, k).shape)}")
+        for k in ("x", "grad", "energy"):
+            if state[k].dtype != getattr(self, k).dtype:
+                raise TypeError(f"{op}: {k} is {state[k].dtype}, these walkers are {getattr(self, k).dtype}")
+        for k, v in state.get("per_walker", {}).items():
+            if not torch.is_tensor(v) or v.dim() < 1 or v.shape[0] != self.n:
+                got = list(v.shape) if torch.is_tensor(v) else type(v).__name__
+                raise ValueError(f"{op}: per_walker[{k!r}] must be a tensor [N = {self.n}, ...], got {got}")
         dev = self.x.device
         self.x = state["x"].to(dev).clone()
         self.grad = state["grad"].to(dev).clone()

@@ -244,10 +244,60 @@ def test_chain_errors():
     assert fused_chain_of(mlp, x, "cuda") is None  # CPU walkers never run on "cuda"
 
 
-def test_sample_non_finite_in_fused_chain():
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_sample_non_finite_in_fused_chain(backend):
+    """A fused chain that ends non-finite is replayed step by step, so the error names the first
+    bad step, as the step-by-step path's does: a Gaussian of variance 1e-3 at step size 1 in
+    float32 multiplies x by -999 a step, |x|^2 / 2e-3 overflows at step 6."""
+    require("cpu", backend)
     e = Gaussian(torch.zeros(3), 1e-3)
-    with pytest.raises(fl.NonFiniteError, match=r"sample: .*non-finite within steps 0..50 \(fused chain\) for 4 walker"):
-        fl.sample(e, torch.ones(4, 3), 50, 1.0)
+    msgs = []
+    for en in (e, StepByStep(e)):
+        with pytest.raises(fl.NonFiniteError) as info:
+            fl.sample(en, torch.ones(4, 3), 50, 1.0, backend=backend)
+        msgs.append(str(info.value))
+    assert msgs[0] == msgs[1]
+    assert "sample: energy or gradient became non-finite at step 6 for 4 walker(s)" in msgs[0]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_mala_rejects_non_finite_proposals_on_both_paths(backend):
+    """MALA: a proposal whose energy overflows to +inf (walkers at 1e4 in a float32 double well,
+    step 0.5: the proposal lands near -2e12, U ~ 1e49) has acceptance probability 0. The fused
+    chain rejects it; so does the step-by-step path, whose watch looks at the chain's states
+    (finite throughout), not at the proposals: same walkers, same acceptance, no error."""
+    require("cpu", backend)
+    torch.manual_seed(0)
+    x0 = torch.randn(4, 2)
+    x0[2:] = 1e4
+    e = DoubleWell(2)
+    fused = fl.sample(e, x0, 10, 0.5, mh=True, seed=2, backend=backend)
+    loop = fl.sample(StepByStep(e), x0, 10, 0.5, mh=True, seed=2, backend=backend)
+    assert torch.equal(fused.x[2:], x0[2:]) and torch.equal(loop.x[2:], x0[2:])  # every proposal rejected
+    torch.testing.assert_close(fused.x, loop.x, rtol=1e-6, atol=1e-6)
+    assert float(fused.acceptance) == float(loop.acceptance) <= 0.5
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_walkers_non_finite_in_fused_chain_names_the_step(backend):
+    """Walkers.step(n) on a fused chain: a chunk that ends non-finite is replayed by the step loop
+    from its start: the error names the first bad step (4 here: the walker at 3.5 in a double
+    well at step 0.05 overflows float32 there) and the walkers stay at the last good step,
+    exactly as with the step-by-step energy."""
+    require("cpu", backend)
+    x0 = torch.tensor([[0.0], [0.5], [-0.5], [3.5]])
+    e = DoubleWell(1)
+    got = []
+    for en in (e, StepByStep(e)):
+        w = fl.Walkers(en, x0, 0.05, seed=0, backend=backend)
+        with pytest.raises(fl.NonFiniteError) as info:
+            w.step(20)
+        got.append((str(info.value), w.steps, w.x.clone(), w.log_weights.clone()))
+    assert got[0][0] == got[1][0]
+    assert "at step 4 for 1 walker(s)" in got[0][0]
+    assert got[0][1] == got[1][1] == 4
+    assert torch.equal(got[0][2], got[1][2]) and bool(torch.isfinite(got[0][2]).all())
+    assert torch.equal(got[0][3], got[1][3]) and bool(torch.isfinite(got[0][3]).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -201,7 +201,9 @@ def test_sample_replay_equals_eager(eager_replay, monkeypatch, device, backend, 
     torch.manual_seed(1)
     x0s = [torch.randn(16, 3), torch.randn(16, 3)]
     run = dict(n_steps=6, step_size=0.05, backend=backend, return_trajectory=True, **kw)
-    for x0, seed, offset in [(x0s[0], 3, 11), (x0s[1], (1 << 64) - 2, (1 << 64) - 3)]:
+    # a high offset: across 2^64 for ULA; MALA's noise offsets must stay below 2^62 (its uniforms' stream)
+    high = (1 << 62) - 6 if kw.get("mh") else (1 << 64) - 3
+    for x0, seed, offset in [(x0s[0], 3, 11), (x0s[1], (1 << 64) - 2, high)]:
         got = fl.sample(energy, x0, seed=seed, offset=offset, cuda_graph=True, **run)
         monkeypatch.setattr(graphs, "EAGER_REPLAY", False)
         want = fl.sample(energy, x0, seed=seed, offset=offset, **run)
@@ -357,7 +359,8 @@ def test_sample_graph_equals_eager_gpu(backend, exact, mh, conv, monkeypatch):
     torch.manual_seed(0)
     x0a, x0b = torch.randn(shape, device=dev), torch.randn(shape, device=dev)
     run = dict(n_steps=20, step_size=0.01, backend=backend, mh=mh, return_trajectory=True)
-    for x0, seed, offset in [(x0a, 1, 0), (x0a, 1, 20), (x0b, 7, (1 << 64) - 5)]:
+    high = (1 << 62) - 20 if mh else (1 << 64) - 5  # MALA: noise offsets below 2^62, its uniforms' stream
+    for x0, seed, offset in [(x0a, 1, 0), (x0a, 1, 20), (x0b, 7, high)]:
         got = fl.sample(energy, x0, seed=seed, offset=offset, cuda_graph=True, **run)
         want = fl.sample(energy, x0, seed=seed, offset=offset, **run)
         for f in SAMPLE_FIELDS:

@@ -269,3 +269,48 @@ def test_mlp_energy_shapes_state_dict_and_errors():
         MLPEnergy(2, ref_var=0.0)
     with pytest.raises(ValueError, match=r"MLPEnergy.energy_and_grad: x has shape \[3, 5\]"):
         e.energy_and_grad(torch.randn(3, 5))
+
+
+def test_float32_parameters_evaluate_float64_walkers_in_float64():
+    """The module docstring's promise: a call casts the parameters to x's dtype, so float32
+    parameters evaluate float64 walkers in float64. chain_params(dtype) computes inv_var and
+    log_coef after the cast (it computed exp(-log_var) in float32 and cast after: errors of
+    ~1e-8 in U, 6e-7 in the gradient), so the fused chain and the step-by-step path agree bit
+    for bit on the reference backend, and MLPEnergy.forward runs at all (F.linear refused
+    float32 weights with float64 x, after every step of a sample() had run)."""
+    from fastlangevin.chain import StepByStep
+    from fastlangevin.energies import MLPEnergy
+
+    torch.manual_seed(0)
+    x = (3 * torch.randn(64, 2)).double()
+    gmm = GaussianMixture(torch.randn(3, 2), torch.randn(3), 0.5 + torch.rand(3, 2))
+    gauss = Gaussian(torch.randn(2), torch.tensor([0.7, 1.3]))
+    for e in (gmm, gauss):
+        e64 = copy.deepcopy(e).double()
+        u, g = e.energy_and_grad(x)
+        u64, g64 = e64.energy_and_grad(x)
+        assert u.dtype == g.dtype == torch.float64
+        torch.testing.assert_close(u, u64, rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(g, g64, rtol=1e-14, atol=1e-14)
+        assert all(p.dtype == torch.float64 for p in e.chain_params(torch.float64))
+        w1 = fl.Walkers(e, x, 0.05, seed=3, backend="reference")
+        w2 = fl.Walkers(StepByStep(e), x, 0.05, seed=3, backend="reference")
+        w1.step(20)
+        w2.step(20)
+        assert torch.equal(w1.x, w2.x) and torch.equal(w1.log_weights, w2.log_weights)
+    mlp = MLPEnergy(2, hidden=8, depth=2)
+    mlp64 = copy.deepcopy(mlp).double()
+    assert mlp(x).dtype == torch.float64
+    torch.testing.assert_close(mlp(x), mlp64(x), rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(mlp.energy_and_grad(x)[1], _autograd(mlp64, x)[1], rtol=1e-13, atol=1e-13)
+    res = fl.sample(StepByStep(mlp), x, 5, 0.05, seed=1)  # the final energy goes through forward
+    assert res.energy.dtype == torch.float64
+    assert mlp(x.half()).dtype == torch.float16
+
+
+def test_non_finite_means_are_refused():
+    nan = float("nan")
+    with pytest.raises(ValueError, match="GaussianMixture: means must be finite"):
+        GaussianMixture(torch.tensor([[0.0, nan], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="Gaussian: mean must be finite"):
+        Gaussian(torch.tensor([0.0, float("inf")]))

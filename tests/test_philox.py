@@ -177,6 +177,18 @@ def test_bad_counter():
         fl.philox(torch.zeros(2, 3, dtype=torch.int64), 0)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bad_shape(backend):
+    """The same error on every backend (the reference one returned an empty [0, 3] for (-1, 3),
+    the cpu one raised torch's own message, naming no op)."""
+    require("cpu", backend)
+    with pytest.raises(ValueError, match=r"randn: shape must have sizes >= 0, got \(-1, 3\)"):
+        fl.randn((-1, 3), seed=0, backend=backend)
+    with pytest.raises(TypeError, match=r"randn: shape must be an int or a sequence of ints, got \(2.5,\)"):
+        fl.randn((2.5,), seed=0, backend=backend)
+    assert fl.randn((0, 3), seed=0, backend=backend).shape == (0, 3)
+
+
 def test_bad_dtype_and_backend():
     with pytest.raises(TypeError, match="randn: dtype"):
         fl.randn((3,), seed=0, dtype=torch.int32)

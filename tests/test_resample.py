@@ -219,6 +219,18 @@ def test_ess_values():
     e = rs.ess(torch.full((4,), -inf))
     assert e.dtype == F64 and e.shape == () and e.item() == 0.0
     assert math.isnan(rs.ess(torch.tensor([0.0, math.nan])).item())
+    # exactly N for equal weights at every N (exp(2 lse - lse2) rounded to 4.999999999999999 at
+    # N = 5 and so resampled every step at ess_threshold = 1), never above N (the same form gave
+    # 4.0000000000014 for four log-weights of 1e4, 3.49 at 1e15), never below 1
+    for n in range(1, 2001):
+        assert rs.ess(torch.zeros(n)).item() == n, n
+    for v in (1e4, 1e12, 1e15, -1e15):
+        assert rs.ess(torch.full((4,), v, dtype=F64)).item() == 4.0, v
+    g = torch.Generator().manual_seed(3)
+    for scale in (1e-9, 1e-3, 1.0, 1e3):
+        lw = torch.randn(20, 500, generator=g, dtype=F64) * scale
+        vals = torch.stack([rs.ess(r) for r in lw])
+        assert bool(((vals >= 1.0) & (vals <= 500.0)).all()), scale
     # float32 in, float64 out; errors name the op
     assert rs.ess(torch.zeros(3, dtype=torch.float32)).dtype == F64
     with pytest.raises(TypeError, match="ess: log_w must be float32 or float64"):

@@ -106,6 +106,19 @@ def test_energy_errors():
         fl.sample(lambda x: 1.0, x0, 2, 0.1)
     with pytest.raises(ValueError, match="sample: the energy's output does not depend on x"):
         fl.sample(lambda x: x.detach().sum(1), x0, 2, 0.1)
+
+    class Detaches(torch.nn.Module):  # needs grad through its parameter only: x is not in the graph
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x.detach()).squeeze(1) + 0.5 * (x.detach() ** 2).sum(1)
+
+    for mh in (False, True):  # used to run as plain diffusion (a zero drift), silently
+        with pytest.raises(ValueError, match=r"sample: the energy's output does not depend on x through autograd "
+                                             r"\(it depends on the energy's parameters only"):
+            fl.sample(Detaches(), x0, 2, 0.1, mh=mh)
     with pytest.raises(TypeError, match="sample: energy must be callable"):
         fl.sample(3, x0, 2, 0.1)
     with pytest.raises(ValueError, match="sample: step_size must be finite and > 0"):
@@ -156,3 +169,45 @@ def test_per_walker_step_size_in_sample():
     # exact: 2a / (1 - (1 - a)^2): 1.0526 and 1.3333; sd of one sample variance ~ 1%
     assert abs(v1 / (0.2 / (1 - 0.81)) - 1) < 0.05
     assert abs(v2 / (1.0 / (1 - 0.25)) - 1) < 0.05
+
+
+def test_mala_offsets_stay_below_the_uniforms_stream():
+    """MALA's accept/reject uniforms of step k are the stream at offset 2^62 | k: a noise offset
+    of 2^62 or more would be the same Philox words (the radius uniform of the noise equalled
+    the acceptance uniform, and the chain collapsed: acceptance 0.045, variance 0.023 for a
+    unit Gaussian). So sample(mh=True) refuses offset + n_steps > 2^62; the last allowed chain
+    runs, and ULA (no uniforms) keeps every 64-bit offset."""
+    e = lambda x: 0.5 * (x * x).sum(1)  # noqa: E731
+    x0 = torch.zeros(16, 2)
+    for off in (1 << 62, (1 << 62) - 2, (1 << 63) + 5):
+        with pytest.raises(ValueError, match=rf"sample: with mh=True the steps' noise offsets .* must stay below "
+                                             rf"2\^62, got offset={off}, n_steps=3"):
+            fl.sample(e, x0, 3, 0.5, mh=True, offset=off)
+    ok = fl.sample(e, x0, 3, 0.5, mh=True, offset=(1 << 62) - 3)
+    assert ok.x.shape == x0.shape and 0.0 < float(ok.acceptance) <= 1.0
+    fl.sample(e, x0, 3, 0.5, offset=(1 << 64) - 2)  # ULA across 2^64: allowed
+
+
+def test_mala_options_without_mh_are_refused():
+    """adapt_steps and target_accept only mean something for MALA: with mh=False they were ignored,
+    even invalid values (adapt_steps=-3, target_accept=5)."""
+    e = lambda x: 0.5 * (x * x).sum(1)  # noqa: E731
+    for kw in (dict(adapt_steps=3), dict(adapt_steps=-3), dict(target_accept=5.0), dict(target_accept=0.3)):
+        with pytest.raises(ValueError, match="sample: adapt_steps and target_accept tune MALA's acceptance rate: "
+                                             "they need mh=True"):
+            fl.sample(e, torch.zeros(4, 2), 5, 0.1, **kw)
+
+
+def test_closed_form_gradient_of_another_dtype_is_named():
+    """A closed-form energy_and_grad whose gradient is float64 for float32 walkers is an error of
+    the energy, named as such (it surfaced as a langevin_step dtype error)."""
+    class Closed:
+        def __call__(self, x):
+            return 0.5 * (x * x).sum(1)
+
+        def energy_and_grad(self, x):
+            return self(x), x.double()
+
+    with pytest.raises(TypeError, match=r"sample: energy.energy_and_grad returned a torch.float64 gradient on cpu, "
+                                        r"expected x's torch.float32 on cpu"):
+        fl.sample(Closed(), torch.zeros(4, 2), 2, 0.1)

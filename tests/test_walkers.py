@@ -335,3 +335,97 @@ def test_refused_resampling_keeps_walkers_in_place(monkeypatch):
     assert torch.equal(w.x, x) and torch.equal(w.grad, g) and torch.equal(w.energy, u)
     with pytest.raises(fl.NonFiniteError, match="log-weight became non-finite at step 3 for 1 walker"):
         w.check()
+
+
+def test_non_finite_initial_state_is_an_error():
+    """A NaN in x0, or an energy that is +inf at x0, is the error NonFiniteError at construction
+    (the watch noted it as 'step -1' and then took -1 for 'nothing seen'), never a walker that a
+    later resampling copies."""
+    x0 = torch.tensor([[float("nan"), 0.0], [0.0, 0.0], [1.0, 1.0]])
+    with pytest.raises(fl.NonFiniteError, match=r"Walkers: energy or gradient became non-finite in the "
+                                                r"initial state \(x0\) for 1 walker"):
+        Walkers(ScaledGaussian(), x0, 0.1)
+
+    def inf_at_origin(x):
+        return torch.where(x[:, 0] == 0.0, math.inf, 0.0) + 0.5 * (x * x).sum(1)
+
+    with pytest.raises(fl.NonFiniteError, match=r"in the initial state \(x0\) for 2 walker"):
+        Walkers(inf_at_origin, x0.nan_to_num(0.0), 0.1)
+
+
+def test_state_after_a_non_finite_step_is_the_last_good_one():
+    """On the step loop, the step that goes non-finite changes nothing: x, energy, grad and the
+    log-weights all stay at the last good step (the log-weights used to take the bad step's
+    increment first), so a state_dict() saved after the error is one consistent state."""
+    class NanOnThirdStep:
+        calls = 0
+
+        def __call__(self, x):
+            self.calls += 1
+            u = 0.5 * (x * x).sum(1)
+            return torch.where(torch.arange(x.shape[0]) == 0, math.nan, 0.0) + u if self.calls == 4 else u
+
+    w = Walkers(NanOnThirdStep(), torch.randn(8, 2), 0.1, seed=1, resample=None)
+    w.step(2)
+    before = {k: v.clone() for k, v in w.state_dict().items() if torch.is_tensor(v)}
+    with pytest.raises(fl.NonFiniteError, match=r"log-weight became non-finite at step 2 for 1 walker"):
+        w.step()
+    assert w.steps == 2
+    after = w.state_dict()
+    for name, v in before.items():
+        assert torch.equal(after[name], v), name
+    assert bool((w.log_weights != 0).all())  # the weights did move in the two good steps
+
+
+def test_load_state_dict_refuses_what_cannot_resume():
+    x0 = torch.randn(16, 3)
+    w = Walkers(ScaledGaussian(), x0, 0.1, seed=1)
+    w.step(2)
+    state = w.state_dict()
+    other = Walkers(ScaledGaussian(), x0.double(), 0.1, seed=1)
+    with pytest.raises(TypeError, match=r"Walkers.load_state_dict: x is torch.float32, these walkers are torch.float64"):
+        other.load_state_dict(state)
+    with pytest.raises(KeyError, match=r"Walkers.load_state_dict: the state lacks \['steps'\]"):
+        w.load_state_dict({k: v for k, v in state.items() if k != "steps"})
+    with pytest.raises(ValueError, match=r"per_walker\['id'\] must be a tensor \[N = 16, ...\], got \[15\]"):
+        w.load_state_dict(dict(state, per_walker={"id": torch.arange(15)}))
+    w.per_walker["id"] = torch.arange(15)  # set by hand: named at the next gather, not deep in index_select
+    with pytest.raises(ValueError, match=r"Walkers.gather: per_walker\['id'\] must be a tensor \[N = 16"):
+        w.resample()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_check_every_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=f"Walkers: check_every must be None or an int >= 1, got {bad!r}"):
+        Walkers(ScaledGaussian(), torch.zeros(4, 2), 0.1, check_every=bad)
+    with pytest.raises(ValueError, match=f"sample: check_every must be None or an int >= 1, got {bad!r}"):
+        fl.sample(ScaledGaussian(), torch.zeros(4, 2), 3, 0.1, check_every=bad)
+
+
+def test_log_partition_names_a_wrong_energy_shape():
+    """An energy returning [N, 1] is reported as such, by log_partition (it used to broadcast
+    with the base term to [N, N] and surface as a Walkers error about a shape never returned)."""
+    with pytest.raises(ValueError, match=r"log_partition: energy returned shape \[8, 1\], expected \[8\]"):
+        fl.log_partition(lambda x: (x * x).sum(1, keepdim=True), 3, n_walkers=8, n_steps=5)
+
+
+def test_per_walker_step_is_copied_and_numpy_scalars_are_floats():
+    """A per-walker step tensor is the walkers' own copy, as x0 is (the caller's later in-place
+    write used to change a running chain's step, past the checks); a numpy float32 step size is
+    a float like a numpy float64 one (it was refused as 'not a float')."""
+    import numpy as np
+
+    a = torch.full((8,), 0.1)
+    x0 = torch.randn(8, 2)
+    w = Walkers(ScaledGaussian(), x0, a, seed=2)
+    ref = Walkers(ScaledGaussian(), x0, 0.1, seed=2)
+    a.fill_(-1.0)
+    w.step(3)
+    ref.step(3)
+    assert torch.equal(w.x, ref.x)
+    for v in (np.float32(0.1), np.float64(0.1)):
+        w2 = Walkers(ScaledGaussian(), x0, v, seed=2)
+        w2.step(3)
+        torch.testing.assert_close(w2.x, ref.x, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="Walkers: ess_threshold must be in"):
+        Walkers(ScaledGaussian(), x0, 0.1, ess_threshold=True)
