@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,11 +99,76 @@ def test_interrupt_and_resume_is_bit_for_bit(tmp_path, method):
 
 
 def test_resume_refuses_a_different_run(tmp_path):
+    """--resume continues a run with the settings it was made with: any other setting that
+    differs is refused before anything is loaded (an optimiser's state_dict restores the old
+    learning rate, so --lr was silently ignored while config.json recorded the new one; a wider
+    --hidden was a raw size-mismatch traceback). --iters may grow, never shrink below the
+    checkpoint (a smaller one stamped the later state with the smaller iteration)."""
     args = ["pcd", "--data", "8gaussians", "--n-train", "200", "--iters", "3", "--neg-batch", "32", "--batch", "32",
             "--no-progress", "--no-pictures", "--out", tmp_path]
     assert _run(args) == 0
-    with pytest.raises(SystemExit, match="seed is 1 but the checkpoint .* made with 0"):
-        _run(args + ["--resume", "--seed", "1"])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["n_train"] == 200 and config["data_dir"] is None  # every resolved setting, the data's too
+    for extra, listed in ((["--seed", "1"], "seed 1 (checkpoint: 0)"), (["--lr", "0.5"], "lr 0.5 (checkpoint: 0.001)"),
+                          (["--n-train", "300"], "n_train 300 (checkpoint: 200)"),
+                          (["--hidden", "16"], "hidden 16 (checkpoint: "),
+                          (["--lr", "0.5", "--k-steps", "3"], "k_steps 3 (checkpoint: 10); lr 0.5")):
+        with pytest.raises(SystemExit, match=r"--resume: settings differ from the checkpoint's in .*: " + re.escape(listed)):
+            _run(args + ["--resume", *extra])
+    with pytest.raises(SystemExit, match=r"the checkpoint in .* is at iteration 3, past --iters 2: give --iters 3 or more"):
+        _run(args[:args.index("--iters")] + ["--iters", "2"] + args[args.index("--iters") + 2:] + ["--resume"])
+    assert torch.load(tmp_path / harness.CHECKPOINT, weights_only=False)["iter"] == 3  # untouched
+    assert _run(args + ["--resume", "--data-dir", str(tmp_path)]) == 0  # --data-dir may change (toys ignore it)
+
+
+def test_resume_survives_a_torn_log_line_and_names_a_damaged_checkpoint(tmp_path):
+    """metrics.jsonl is appended without an fsync: a crash can leave half a line, which --resume
+    drops instead of dying on a JSONDecodeError. A checkpoint that is not one (truncated, empty,
+    foreign) is a clear exit naming the file, not a pickle or zip traceback."""
+    args = ["pcd", "--data", "8gaussians", "--n-train", "200", "--iters", "6", "--neg-batch", "32", "--batch", "32",
+            "--log-every", "1", "--no-progress", "--no-pictures"]
+    straight, parts = tmp_path / "straight", tmp_path / "parts"
+    assert _run(args + ["--out", straight]) == 0
+    assert _run(args + ["--out", parts, "--stop-after", "3"]) == 130
+    with open(parts / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 3, "loss": 0.12')  # torn
+    assert _run(args + ["--out", parts, "--resume"]) == 0
+    assert (parts / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    ck = parts / harness.CHECKPOINT
+    data = ck.read_bytes()
+    for damaged in (data[: len(data) // 2], b"", b"not a checkpoint"):
+        ck.write_bytes(damaged)
+        with pytest.raises(SystemExit, match=r"--resume: cannot read the checkpoint .*checkpoint.pt .*damaged"):
+            _run(args + ["--out", parts, "--resume"])
+    torch.save({"something": 1}, ck)
+    with pytest.raises(SystemExit, match=r"is not a checkpoint of this harness"):
+        _run(args + ["--out", parts, "--resume"])
+
+
+@pytest.mark.parametrize("method,option,value,what", [
+    ("pcd", "--step-size", "-0.1", "a finite float > 0"), ("pcd", "--batch", "-3", "an int >= 0"),
+    ("pcd", "--log-every", "-1", "an int >= 1"), ("pcd", "--ckpt-every", "0", "an int >= 1"),
+    ("pcd", "--time-budget", "-1", "a finite float > 0"), ("pcd", "--reinit", "2", "a float in [0, 1]"),
+    ("jarzynski", "--n-walkers", "0", "an int >= 1"), ("coopvae", "--temperature", "0", "a finite float > 0"),
+    ("dualmcmc", "--sigma", "0", "a finite float > 0"), ("coopvae", "--batch", "0", "an int >= 1"),
+    ("coopvae", "--eval-n", "-5", "an int >= 1"), ("dualmcmc", "--step-x", "nan", "a finite float > 0"),
+])
+def test_bad_option_values_are_usage_errors(method, option, value, what, capsys):
+    """Each numeric option's domain is checked by argparse, naming the option: these used to be a
+    math domain error, a negative-dimension RuntimeError, a ZeroDivisionError, a silent
+    every-iteration log, or (--eval-n) an error after all of the training."""
+    with pytest.raises(SystemExit) as info:
+        _run([method, option, value, "--out", "unused"])
+    assert info.value.code == 2
+    assert f"argument {option}: must be {what}, got {value}" in capsys.readouterr().err
+
+
+def test_lr_z_needs_the_mixture_model(tmp_path):
+    """--lr-z is the GMM student's mode log-weights' learning rate; on another model it became
+    the learning rate of every parameter."""
+    with pytest.raises(SystemExit, match="--lr-z is the learning rate of a Gaussian mixture's mode log-weights"):
+        _run(["pcd", "--data", "8gaussians", "--n-train", "200", "--iters", "2", "--lr-z", "0.5", "--no-progress",
+              "--no-pictures", "--out", tmp_path])
 
 
 def test_divergence_is_reported_and_keeps_the_last_checkpoint(tmp_path):
@@ -210,9 +276,15 @@ def test_code_preset_runs_with_its_corrected_weights(tmp_path):
 
 def test_compare_at_equal_budget(tmp_path, capsys):
     """--budget runs every method with the same --time-budget and tabulates MMD (and AIS LL on
-    images) next to the iterations each managed in that time."""
+    images) next to the iterations each managed in that time. Run again with other settings on
+    the same --out, it refuses the folders its first run made (it used to print the old table
+    as the new result)."""
     assert _run(["compare", "--budget", "2", "--data", "8gaussians", "--methods", "pcd", "jarzynski",
                  "--no-progress", "--out", tmp_path]) == 0
+    with pytest.raises(SystemExit, match=r"\[compare\] .*8gaussians-pcd holds a run made by pcd .*--seed 0 .*not by "
+                                         r"this comparison's pcd .*--seed 3 .*pass --fresh"):
+        _run(["compare", "--budget", "2", "--seed", "3", "--data", "8gaussians", "--methods", "pcd",
+              "--no-progress", "--out", tmp_path])
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in rows] == ["pcd", "jarzynski"]
     for r in rows:
@@ -222,9 +294,12 @@ def test_compare_at_equal_budget(tmp_path, capsys):
     assert (tmp_path / "table.md").read_text() in capsys.readouterr().out
 
 
-def test_real_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path):
-    """SIGINT to a running `python -m train` process: it finishes the iteration in progress,
-    writes a checkpoint, exits 130, and --resume continues from there."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_real_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path, sig):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's or kill's warning; it used to kill the run and
+    lose up to --ckpt-every iterations) to a running `python -m train` process: it finishes the
+    iteration in progress, writes a checkpoint, exits 128 + the signal, and --resume continues
+    from there."""
     import os
     import signal
     import time
@@ -238,9 +313,9 @@ def test_real_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 5):
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
+    assert p.returncode == 128 + getattr(signal, sig), err
     it = torch.load(tmp_path / harness.CHECKPOINT, weights_only=False)["iter"]
     assert it >= 5 and "continue with --resume" in err
     logged = [json.loads(l)["iter"] for l in jsonl.read_text().splitlines()]

@@ -23,7 +23,10 @@ count is whatever fits), then one table of iterations done, time, MMD^2 to held-
 on images, the AIS test log-likelihood.
 
 A run folder that already holds a finished run is reused (its metrics.json is read), so an
-interrupted comparison continues where it stopped; --fresh starts over.
+interrupted comparison continues where it stopped; --fresh starts over. Each folder records
+the command that made it (compare.json): a folder made with other settings (another seed,
+preset, scale or budget) is refused, not reused; one without compare.json (placed there by
+hand) is taken as it is, with a note.
 """
 from __future__ import annotations
 
@@ -131,12 +134,26 @@ def mode_weight_picture(out: Path, methods) -> Path:
 def _run_one(train_main, out: Path, data: str, method: str, extra: list, args) -> dict:
     run_dir = out / f"{data}-{method}"
     done = run_dir / "metrics.json"
+    argv = [method, "--data", data, "--seed", str(args.seed), "--preset", args.preset, *extra, "--out", str(run_dir)]
+    # The command a run folder was made by: a folder is reused (finished) or resumed (interrupted)
+    # only for the same command, so a table never mixes in a run of other settings.
+    # (A folder without compare.json was put there by hand, e.g. a smaller run standing in for
+    # the default one: it is taken as it is, with a note.)
+    made_by = run_dir / "compare.json"
+    if made_by.exists():
+        before = json.loads(made_by.read_text())
+        if before != argv:
+            raise SystemExit(f"[compare] {run_dir} holds a run made by {' '.join(before)}, not by this comparison's "
+                             f"{' '.join(argv)}: pass --fresh to start over, or choose another --out")
+    elif done.exists():
+        print(f"[compare] {run_dir}: no compare.json (not made by compare): taking its run as it is", file=sys.stderr)
     if done.exists() and "diverged" not in (m := json.loads(done.read_text())):
         print(f"[compare] {run_dir}: finished earlier, reusing its metrics.json", file=sys.stderr)
         return m
-    argv = [method, "--data", data, "--seed", str(args.seed), "--preset", args.preset, *extra, "--out", str(run_dir)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    harness.atomic_write_json(made_by, argv)
     if (run_dir / harness.CHECKPOINT).exists():
-        argv.append("--resume")
+        argv = argv + ["--resume"]
     if args.no_progress:
         argv.append("--no-progress")
     print(f"[compare] python -m train {' '.join(argv)}", file=sys.stderr)

@@ -142,12 +142,13 @@ def add_arguments(parser, method: str) -> None:
     harness.add_common_arguments(parser, datasets=DATASETS, default_data="gmm")
     g = parser.add_argument_group(f"{method} settings (default: the preset's, by data kind)")
     g.add_argument("--model", default=None, help="gmm_student | mlp | conv | nijkamp")
-    g.add_argument("--n-train", type=int, default=None, help="training points (gmm / toys: generated)")
+    g.add_argument("--n-train", type=harness.POSITIVE_INT, default=None,
+                   help="training points (gmm / toys: generated)")
     for f in ("n_walkers", "batch", "neg_batch", "k_steps", "burn_in", "reset_every", "ais_walkers", "ais_steps",
-              "hidden"):
-        g.add_argument("--" + f.replace("_", "-"), type=int, default=None)
-    for f in ("step_size", "noise_std", "lr", "lr_z", "l2", "reinit", "ess_threshold", "cv2", "ref_var"):
-        g.add_argument("--" + f.replace("_", "-"), type=float, default=None)
+              "hidden", "step_size", "noise_std", "lr", "lr_z", "l2", "reinit", "ess_threshold", "cv2", "ref_var"):
+        # batch 0 and neg_batch 0: the whole set / every walker (the GMM presets)
+        kind = harness.NONNEG_INT if f in ("batch", "neg_batch") else harness.OPTION_TYPES[f]
+        g.add_argument("--" + f.replace("_", "-"), type=kind, default=None)
     g.add_argument("--scheme", default=None, choices=fl.walkers.SCHEMES)
     g.add_argument("--trigger", default=None, choices=("ess", "cv2_lag"))
 
@@ -242,6 +243,9 @@ class EBMTrainer:
     # ---------------------------------------------------------------- construction helpers
     def _optimizer(self):
         named = dict(self.energy.named_parameters())
+        if self.s.lr_z is not None and "means" not in named:
+            raise SystemExit(f"--lr-z is the learning rate of a Gaussian mixture's mode log-weights (model "
+                             f"gmm_student); model {self.s.model} has no means")
         if self.s.lr_z is not None:  # gmm: means at lr, mode log-weights at lr_z
             groups = [{"params": [p for k, p in named.items() if k == "means"], "lr": self.s.lr},
                       {"params": [p for k, p in named.items() if k != "means"], "lr": self.s.lr_z}]

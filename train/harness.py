@@ -12,7 +12,8 @@ Resuming (``--resume``) restores the model, optimiser, sampler state (walkers wi
 offset, or the replay buffer), the trainer's torch.Generator and torch's global RNG, and cuts
 metrics.jsonl back to the checkpoint, so a resumed run continues exactly where the checkpoint
 left it: on CPU the final parameters equal an uninterrupted run's bit for bit (tested). Ctrl-C
-(SIGINT) writes a checkpoint at the last completed iteration before exiting (status 130).
+(SIGINT), or SIGTERM, writes a checkpoint at the last completed iteration before exiting (status
+130, or 143).
 Divergence (a non-finite loss, or fastlangevin.NonFiniteError from the sampler) is reported
 with its iteration; the run stops with exit status 3 and its last good checkpoint untouched.
 
@@ -44,9 +45,46 @@ import torch
 from fastlangevin import NonFiniteError
 
 CHECKPOINT = "checkpoint.pt"
-# Settings that must match for --resume to continue a run (the rest, e.g. --iters, may change:
-# resuming with a larger --iters extends a finished run).
-RESUME_KEYS = ("method", "data", "preset", "seed", "model")
+# The config.json entries that --resume lets differ from the checkpoint's: a larger --iters
+# extends a finished run, --device moves it, --data-dir finds the same files elsewhere. Every
+# other setting must match: the checkpoint's optimiser, buffers and models were made with the
+# old values (an optimiser's state_dict even restores the old learning rate), so a new value
+# would be ignored, or applied half-way, while config.json recorded it.
+RESUME_MAY_CHANGE = ("iters", "device", "data_dir")
+
+
+def _typed(name: str, convert, ok, what: str):
+    """An argparse type: convert, then refuse values outside the domain with 'must be <what>'."""
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+    parse.__name__ = name
+    return parse
+
+
+POSITIVE_INT = _typed("positive_int", int, lambda v: v >= 1, "an int >= 1")
+NONNEG_INT = _typed("nonneg_int", int, lambda v: v >= 0, "an int >= 0")
+POSITIVE_FLOAT = _typed("positive_float", float, lambda v: math.isfinite(v) and v > 0, "a finite float > 0")
+NONNEG_FLOAT = _typed("nonneg_float", float, lambda v: math.isfinite(v) and v >= 0, "a finite float >= 0")
+UNIT_FLOAT = _typed("unit_float", float, lambda v: 0.0 <= v <= 1.0, "a float in [0, 1]")
+# The domain of every numeric trainer option (train/ebm.py and train/teaching.py take their
+# argparse types from here), so a bad value is a usage error naming the option, not a math
+# domain error or a ZeroDivisionError some iterations in.
+OPTION_TYPES = {
+    **dict.fromkeys(("n_walkers", "batch", "neg_batch", "k_steps", "reset_every", "ais_walkers", "ais_steps", "hidden",
+                     "latent", "gen_hidden", "k_x", "k_z", "eval_n"), POSITIVE_INT),
+    "burn_in": NONNEG_INT,
+    **dict.fromkeys(("step_size", "lr", "lr_z", "ref_var", "step_x", "temperature", "lr_ebm", "lr_gen", "lr_inf",
+                     "sigma", "step_z", "explode"), POSITIVE_FLOAT),
+    **dict.fromkeys(("noise_std", "l2", "cv2", "noise_x", "kl_weight", "noise_z", "w_gen_teach", "w_inf_teach"),
+                    NONNEG_FLOAT),
+    **dict.fromkeys(("reinit", "ess_threshold"), UNIT_FLOAT),
+}
 
 
 class Diverged(RuntimeError):
@@ -61,19 +99,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, datasets, default_d
     g = parser.add_argument_group("common options (every method)")
     g.add_argument("--data", default=default_data, choices=datasets, help="data set (default %(default)s)")
     g.add_argument("--data-dir", default=None, help="folder holding the mnist / cifar10 files (no download)")
-    g.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's)")
+    g.add_argument("--iters", type=POSITIVE_INT, default=None, help="training iterations (default: the preset's)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--preset", default="paper", choices=("paper", "code"),
                    help="paper: the paper's equations; code: the official code's departures (see docs)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     g.add_argument("--out", required=True, help="run folder (created)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--log-every", type=int, default=None, help="iterations between metrics.jsonl lines")
-    g.add_argument("--ckpt-every", type=int, default=None, help="iterations between checkpoints")
+    g.add_argument("--log-every", type=POSITIVE_INT, default=None, help="iterations between metrics.jsonl lines")
+    g.add_argument("--ckpt-every", type=POSITIVE_INT, default=None, help="iterations between checkpoints")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     g.add_argument("--no-pictures", action="store_true", help="skip the PNGs (tests)")
     # Tests use this to simulate a Ctrl-C after a given iteration (the SIGINT path, exactly).
-    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+    g.add_argument("--time-budget", type=POSITIVE_FLOAT, default=None, metavar="SECONDS",
                    help="stop training after this much training time (then evaluate as usual); "
                         "for comparisons at equal wall-clock budget")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
@@ -93,6 +131,12 @@ def atomic_write_bytes(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    # the rename itself is durable only once the folder's entry is on disk
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -117,19 +161,47 @@ def read_history(path: Path) -> dict[str, list]:
     """metrics.jsonl -> {"iter": [...], key: [...]} (missing values as NaN)."""
     rows = []
     if Path(path).exists():
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = [row for _, row in _json_rows(path)]
     keys = sorted({k for r in rows for k in r})
     return {k: [r.get(k, math.nan) if r.get(k) is not None else math.nan for r in rows] for k in keys}
+
+
+def _json_rows(path: Path) -> list[tuple[str, dict]]:
+    """The (line, row) pairs of metrics.jsonl. The file is appended line by line without an
+    fsync, so a crash can leave a torn last line: that one is dropped (with a note), so a
+    resume is never locked out by it; a bad line before the last is corruption, an error."""
+    with open(path) as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise SystemExit(f"{path}: line {i + 1} is not JSON (the file is damaged)") from None
+            print(f"{path}: dropping a torn last line (a crash while logging)", file=sys.stderr)
+    return rows
 
 
 def _truncate_jsonl(path: Path, before: int) -> None:
     """Keep only the lines of iterations < before (a resumed run re-logs the rest)."""
     if not path.exists():
         return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["iter"] < before]
+    keep = [line for line, row in _json_rows(path) if row["iter"] < before]
     atomic_write_bytes(path, lambda f: f.write("".join(keep).encode()))
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint as saved (on the CPU: its RNG states must stay CPU ByteTensors, and each
+    trainer's load_state_dict copies tensors to its own device), or a clear exit."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a torn, truncated or foreign file: torch raises pickle, zip or OS errors
+        raise SystemExit(f"--resume: cannot read the checkpoint {path} ({type(e).__name__}: {e}); it is damaged "
+                         "or not a checkpoint of this harness: start a new --out") from None
+    if not (isinstance(ck, dict) and {"iter", "elapsed", "config", "trainer", "torch_rng"} <= set(ck)):
+        raise SystemExit(f"--resume: {path} is not a checkpoint of this harness (keys missing): start a new --out")
+    return ck
 
 
 def _device(name: str) -> torch.device:
@@ -141,29 +213,43 @@ def _device(name: str) -> torch.device:
 def run(method: str, trainer_cls, args, *, load_data) -> int:
     """Train ``trainer_cls`` as described in the module docstring. Returns the exit status."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, jsonl = out / CHECKPOINT, out / "metrics.jsonl"
+    if args.resume and not ckpt_path.exists():
+        raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, not a run folder")
+    out.mkdir(parents=True, exist_ok=True)
     device = _device(args.device)
     torch.manual_seed(args.seed)
     data = load_data(args)
     trainer = trainer_cls(args, data, device)
     config = {"method": method, "data": args.data, "preset": args.preset, "seed": args.seed,
               "model": getattr(trainer, "model_name", None), "device": args.device,
-              "iters": trainer.iters, **trainer.settings()}
+              "iters": trainer.iters, "n_train": getattr(args, "n_train", None),
+              "data_dir": getattr(args, "data_dir", None), **trainer.settings()}
 
     start, elapsed = 0, 0.0
     if args.resume:
         if not ckpt_path.exists():
             raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        for k in RESUME_KEYS:
-            if ck["config"].get(k) != config.get(k):
-                raise SystemExit(f"--resume: {k} is {config.get(k)!r} but the checkpoint in {out} was "
-                                 f"made with {ck['config'].get(k)!r}")
+        ck = _load_checkpoint(ckpt_path)
+        old = json.loads(json.dumps(ck["config"], default=_jsonable))
+        new = json.loads(json.dumps(config, default=_jsonable))
+        differ = [k for k in sorted(set(old) | set(new)) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)]
+        if differ:
+            listed = "; ".join(f"{k} {new.get(k)!r} (checkpoint: {old.get(k)!r})" for k in differ)
+            raise SystemExit(f"--resume: settings differ from the checkpoint's in {out}: {listed}. A resumed run "
+                             "continues with the settings it was made with (only --iters, --device and --data-dir "
+                             "may change): drop those options, or start a new --out")
+        if ck["iter"] > trainer.iters:
+            raise SystemExit(f"--resume: the checkpoint in {out} is at iteration {ck['iter']}, past --iters "
+                             f"{trainer.iters}: give --iters {ck['iter']} or more")
         trainer.load_state_dict(ck["trainer"])
         torch.set_rng_state(ck["torch_rng"])
         start, elapsed = ck["iter"], ck["elapsed"]
         _truncate_jsonl(jsonl, start)
+        if start < trainer.iters:  # an extension: the old summary no longer describes the run
+            (out / "metrics.json").unlink(missing_ok=True)
         print(f"resuming {out} at iteration {start}", file=sys.stderr)
     else:
         if ckpt_path.exists():
@@ -215,18 +301,19 @@ def run(method: str, trainer_cls, args, *, load_data) -> int:
                     save(it + 1)
                     print(f"\ninterrupted: checkpoint at iteration {it + 1} in {ckpt_path}; "
                           "continue with --resume", file=sys.stderr)
-                    return 130
+                    return stop.status
                 if (it + 1) % ckpt_every == 0:
                     save(it + 1)
                 if budget is not None and elapsed + (time.perf_counter() - t0) >= budget:
                     done = it + 1
                     break
     except Diverged as e:
-        last = torch.load(ckpt_path, weights_only=False)["iter"] if ckpt_path.exists() else None
+        last = torch.load(ckpt_path, map_location="cpu", weights_only=False)["iter"] if ckpt_path.exists() else None
         atomic_write_json(out / "metrics.json", {"diverged": {"iter": e.it, "reason": e.reason},
                                                  "last_checkpoint_iter": last})
-        print(f"\n{method}: training {e}; the last good checkpoint (iteration {last}) is kept in {ckpt_path}",
-              file=sys.stderr)
+        kept = (f"the last good checkpoint (iteration {last}) is kept in {ckpt_path}" if last is not None
+                else "no checkpoint had been written yet")
+        print(f"\n{method}: training {e}; {kept}", file=sys.stderr)
         return 3
     finally:
         if bar is not None:
@@ -244,12 +331,17 @@ def run(method: str, trainer_cls, args, *, load_data) -> int:
 
 
 class _StopFlag:
-    """While active, the first Ctrl-C only asks the loop to stop after the iteration in progress
-    (which then writes a checkpoint: a half-done iteration is never saved); a second Ctrl-C
-    interrupts at once, as usual."""
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM (what a batch scheduler or `kill` sends
+    before it kills) only asks the loop to stop after the iteration in progress (which then
+    writes a checkpoint: a half-done iteration is never saved); a second one interrupts at
+    once, as usual. ``status``: the exit status of the stop, 128 + the signal (130 for SIGINT,
+    also for the --stop-after test hook; 143 for SIGTERM)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
+        self.status = 128 + signal.SIGINT
 
     def set(self) -> None:
         self.requested = True
@@ -258,18 +350,21 @@ class _StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this iteration and writing a checkpoint (again to abort now)",
+        self.status = 128 + signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this iteration and writing a checkpoint (again to abort now)",
               file=sys.stderr)
 
     def __enter__(self):
-        self._old = None
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave the default handler
-            pass
+        self._old = {}
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave the default handlers
+                break
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False

@@ -94,11 +94,9 @@ def add_arguments(parser, method: str) -> None:
     g = parser.add_argument_group(f"{method} settings (default: the preset's, by data kind)")
     g.add_argument("--model", default=None, help="the EBM: mlp | conv | nijkamp")
     g.add_argument("--arch", default=None, help="generator / encoder: mlp | dcgan (32x32)")
-    g.add_argument("--n-train", type=int, default=None, help="training points (toys: generated)")
-    for f in INT_OPTS:
-        g.add_argument("--" + f.replace("_", "-"), type=int, default=None)
-    for f in FLOAT_OPTS:
-        g.add_argument("--" + f.replace("_", "-"), type=float, default=None)
+    g.add_argument("--n-train", type=harness.POSITIVE_INT, default=None, help="training points (toys: generated)")
+    for f in INT_OPTS + FLOAT_OPTS:
+        g.add_argument("--" + f.replace("_", "-"), type=harness.OPTION_TYPES[f], default=None)
     g.add_argument("--lr-decay", default=None, choices=("none", "coop", "dual"))
 
 
