@@ -1,6 +1,7 @@
 """langevin_step: exact arithmetic against the reference with the noise seam, seeded agreement
 across backends, shapes/dtypes/layouts, bad input, and torch.library.opcheck."""
 import math
+import os
 
 import pytest
 import torch
@@ -175,6 +176,41 @@ def test_half_state_float32_arithmetic(device, backend, dtype):
     assert y.dtype == dtype
     # one rounding to the 16-bit format: half an ulp of |y| <= 2
     assert ((y.cpu().float() - want).abs() <= torch.finfo(dtype).eps * want.abs().clamp(min=1)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_state_same_bits_on_every_cpu_backend(dtype):
+    """16-bit state rounds to nearest even on every backend: the reference, the C++ kernel and
+    the Triton interpreter (whose own float32 -> bfloat16 cast truncated: 14 of 24 elements 1 ulp
+    toward zero) give the same bits, with the Philox noise and with the noise seam."""
+    x, grad, noise = _data((64, 16), dtype, "cpu")
+    backends = ["reference", "cpu"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
+    for kw in (dict(seed=3), dict(noise=noise)):
+        ys = [fl.langevin_step(x, grad, 0.05, 0.3, backend=b, clamp=(-2, 2), **kw) for b in backends]
+        for b, y in zip(backends[1:], ys[1:]):
+            assert torch.equal(y, ys[0]), (b, kw.keys())
+
+
+def test_triton_float64_scalars_out_of_range_are_refused():
+    """The Triton kernels carry a float64 scalar as two float32 halves (48 bits): a step size of
+    1e39 became inf and one of 1e-280 became 0, silently, where reference and cpu agree on the
+    float64 answer. Such values are refused naming the argument; float32 walkers (which use
+    fp32(v), as the C++ kernels do) and the ordinary range are unaffected."""
+    require("cpu", "triton")
+    x = torch.ones(4, 3, dtype=torch.float64)
+    for kw, name in ((dict(step_size=1e39), "step_size"), (dict(step_size=1e-280), "step_size"),
+                     (dict(step_size=0.1, grad_clip=1e39), "grad_clip"),
+                     (dict(step_size=0.1, clamp=(-1e39, 1e39)), "clamp lo")):
+        with pytest.raises(ValueError, match=rf"langevin_step: {name} = .* is outside the magnitudes the triton "
+                                             r"backend carries"):
+            fl.langevin_step(x, x, seed=0, backend="triton", **kw)
+        y = fl.langevin_step(x, x, seed=0, backend="cpu", **kw)
+        assert bool(torch.isfinite(y).all())
+    x32 = x.float()
+    torch.testing.assert_close(fl.langevin_step(x32, x32, 1e-30, seed=0, backend="triton"),
+                               fl.langevin_step(x32, x32, 1e-30, seed=0, backend="cpu"), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fl.langevin_step(x, x, 1e-30, seed=0, backend="triton"),
+                               fl.langevin_step(x, x, 1e-30, seed=0, backend="cpu"), rtol=1e-14, atol=1e-14)
 
 
 # ---------------------------------------------------------------------------------------------

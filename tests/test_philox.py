@@ -116,7 +116,11 @@ def test_dtypes_round_the_float32_normals(device, backend):
     for dt in (torch.float16, torch.bfloat16):
         z = fl.randn((4099,), seed=1, offset=0, dtype=dt, device=device, backend=backend)
         assert z.dtype == dt
-        assert torch.equal(z, z32.to(dt)) or (z.float() - z32).abs().max() <= 2 * torch.finfo(dt).eps * 6
+        if device == "cpu":  # the same float32 normals, rounded to nearest even (the Triton interpreter's
+            # own float32 -> bfloat16 cast truncates: its launcher casts with torch instead)
+            assert torch.equal(z, z32.to(dt)), dt
+        else:
+            assert torch.equal(z, z32.to(dt)) or (z.float() - z32).abs().max() <= 2 * torch.finfo(dt).eps * 6
 
 
 def test_normal_statistics():

@@ -14,6 +14,7 @@ order with tl.interleave (no words are wasted, no lane is recomputed).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -227,18 +228,41 @@ def _langevin_step_kernel(
     tl.store(p_out + o_i, b_y.to(p_out.dtype.element_ty), mask=m_i)
 
 
-def f32_halves(v: float) -> tuple[float, float]:
+# The magnitudes whose float32 halves carry 48 bits: hi must be a finite float32, and lo (up to
+# 2^-24 |v|, 24 bits of its own) a normal one: 2^-24 |v| >= 2^-126, |v| >= 2^-102 (2^-100 for margin).
+HALVES_MIN, HALVES_MAX = 2.0 ** -100, float(np.finfo(np.float32).max)
+
+
+def f32_halves(v: float, what: Optional[str] = None) -> tuple[float, float]:
     """v as hi + lo with hi, lo float32 values, for float64 scalars of a Triton kernel.
 
     Triton passes Python floats to a kernel as float32, which would round a float64 step size in
     its 8th digit; a host tensor of scalars instead costs a host-to-device copy per call (and
     cannot be captured in a CUDA graph). hi = fp32(v), lo = fp32(v - hi) carry 48 significant
     bits (relative error below 4e-15) and the kernel adds them in float64. Infinities (open clip
-    or clamp bounds) pass as (inf, 0)."""
+    or clamp bounds) pass as (inf, 0).
+
+    what: the op and argument (e.g. "langevin_step: step_size") of a scalar that a float64
+    kernel needs to 48 bits: then a finite v outside 2^-100 <= |v| <= float32's max, whose
+    halves would be (inf, 0), 0 or a few subnormal bits (a step size of 1e39 became inf, 1e-280
+    became 0, with reference and cpu agreeing on the float64 answer), is refused with an error
+    naming it. Without what (float32 kernels use hi alone, as the C++ kernels use fp32(v)) any v
+    is taken."""
+    if what is not None and math.isfinite(v) and v != 0.0 and not HALVES_MIN <= abs(v) <= HALVES_MAX:
+        raise ValueError(f"{what} = {v!r} is outside the magnitudes the triton backend carries to 48 bits in its "
+                         f"float64 kernels ([2^-100, {HALVES_MAX:.4g}]); use backend='cpu' or 'cuda', or rescale")
     hi = float(np.float32(v))
     if not math.isfinite(hi):
         return hi, 0.0
     return hi, float(np.float32(v - hi))
+
+
+def _interpreter_bf16(out: torch.Tensor) -> bool:
+    """A bfloat16 output under the Triton interpreter (CPU tensors): its float32 -> bfloat16 cast
+    truncates (triton 3.8 interpreter, with or without fp_downcast_rounding="rtne"), where the
+    GPU's cvt.rn and the other backends round to nearest even (1 ulp off on about half the
+    elements). Such outputs are computed in float32 and cast by torch."""
+    return out.dtype == torch.bfloat16 and out.device.type == "cpu"
 
 
 def _words(v: int) -> tuple[int, int]:
@@ -261,6 +285,11 @@ def randn_out_triton(out: torch.Tensor, seed: int, offset: int, block=None) -> N
     block = _block_for(out, block)
     n = out.numel()
     if n == 0:
+        return
+    if _interpreter_bf16(out):
+        y = torch.empty(out.shape, dtype=torch.float32, device=out.device)
+        randn_out_triton(y, seed, offset, block=block)
+        out.copy_(y)
         return
     s_lo, s_hi = _words(seed)
     o_lo, o_hi = _words(offset)
@@ -303,8 +332,9 @@ def langevin_step_out_triton(
     n = x.numel()
     if n == 0:
         return
-    if _overlaps_at_shift(out, x, grad, noise, step_t, std_t):
-        y = torch.empty_like(out, memory_format=torch.contiguous_format)
+    if _interpreter_bf16(out) or _overlaps_at_shift(out, x, grad, noise, step_t, std_t):
+        y = torch.empty_like(out, memory_format=torch.contiguous_format,
+                             dtype=torch.float32 if _interpreter_bf16(out) else out.dtype)
         langevin_step_out_triton(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo,
                                  clamp_hi, seed, offset, y, block=block)
         out.copy_(y)
@@ -316,7 +346,8 @@ def langevin_step_out_triton(
     dummy = x  # never read: the matching constexpr flag is off
     inf = float("inf")
     scal = [float(step), float(noise_std), float(inv_ref_var), float(grad_clip), float(clamp_lo), float(clamp_hi)]
-    halves = [f32_halves(v) for v in scal]
+    names = ("step_size", "noise_std", "1 / ref_var", "grad_clip", "clamp lo", "clamp hi")
+    halves = [f32_halves(v, f"langevin_step: {name}" if fp64 else None) for v, name in zip(scal, names)]
     _langevin_step_kernel[(triton.cdiv(n, block),)](
         x, grad, noise if noise is not None else dummy, step_t if step_t is not None else dummy,
         std_t if std_t is not None else dummy, out,

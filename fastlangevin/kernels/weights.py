@@ -97,6 +97,11 @@ def tiles_for(n_rows: int, row_len: int, device: torch.device, tile=None) -> tup
     return block_r, block_c
 
 
+def _what(x: torch.Tensor, name: str):
+    """f32_halves' name of a scalar of the float64 kernel (None: float32 inputs use fp32(v))."""
+    return f"log_ratio: {name}" if x.dtype == torch.float64 else None
+
+
 def log_ratio_out_triton(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t, step, noise_std, inv_ref_var, out,
                          tile=None) -> None:
     """Launcher; arguments as in the C++ schema fastlangevin::log_ratio_out."""
@@ -110,7 +115,8 @@ def log_ratio_out_triton(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t
         x, y, grad_x, grad_y if two else grad_x, energy_x, energy_y if two else energy_x,
         step_t if step_t is not None else out, std_t if std_t is not None else out, out,
         n_rows, row_len,
-        *f32_halves(step), *f32_halves(noise_std), *f32_halves(inv_ref_var),
+        *f32_halves(step, _what(x, "step_size")), *f32_halves(noise_std, _what(x, "noise_std")),
+        *f32_halves(inv_ref_var, _what(x, "1 / ref_var")),
         BLOCK_R=block_r, BLOCK_C=block_c, TWO_SIDED=two, HAS_REF=inv_ref_var != 0.0,
         STEP_T=step_t is not None, STD_T=std_t is not None,
     )
