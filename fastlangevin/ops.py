@@ -83,10 +83,22 @@ def check_like(op: str, name: str, t, x: torch.Tensor, x_name: str = "x") -> tor
     return t
 
 
+def _traced_float(v) -> bool:
+    """A Python float seen by torch.compile while it traces: once a float argument changes between
+    calls Dynamo makes it symbolic, and math.isfinite or a comparison on it would be a graph
+    break (Unsupported under fullgraph=True) or a guard on its value (a recompile per value). Its
+    value is not checked there: it is checked in eager mode, and a compiled call should be
+    given values an eager call accepts."""
+    return isinstance(v, float) and torch.compiler.is_compiling()
+
+
 def check_positive(op: str, name: str, v, x: torch.Tensor, allow_zero: bool = False):
     """A step size or noise std: a finite float (> 0, or >= 0 with allow_zero) or a per-walker
     tensor [N] on x's device. Values of a CPU tensor are checked; values of a GPU tensor are not
-    (that would need a device sync), nor are they inside torch.compile (a graph break)."""
+    (that would need a device sync), nor are they, or a float's, inside torch.compile (a graph
+    break; see _traced_float)."""
+    if _traced_float(v):
+        return v
     if isinstance(v, float) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0):
         return v
     rel = ">= 0" if allow_zero else "> 0"
@@ -116,6 +128,8 @@ def check_clamp(op: str, clamp) -> tuple[float, float]:
         return -math.inf, math.inf
     try:
         lo, hi = clamp
+        if _traced_float(lo) or _traced_float(hi):
+            return -math.inf if lo is None else lo, math.inf if hi is None else hi
         lo = -math.inf if lo is None else float(lo)
         hi = math.inf if hi is None else float(hi)
     except (TypeError, ValueError):
@@ -130,6 +144,8 @@ def check_clamp(op: str, clamp) -> tuple[float, float]:
 def check_grad_clip(op: str, grad_clip) -> float:
     if grad_clip is None:
         return math.inf
+    if _traced_float(grad_clip):
+        return grad_clip
     if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)):
         raise TypeError(f"{op}: grad_clip must be a float or None, got {type(grad_clip).__name__}")
     if not grad_clip > 0:
@@ -141,6 +157,8 @@ def check_ref_var(op: str, ref_var) -> float:
     """1 / ref_var, or 0 for no reference term."""
     if ref_var is None:
         return 0.0
+    if _traced_float(ref_var):
+        return 1.0 / ref_var
     if isinstance(ref_var, bool) or not isinstance(ref_var, (int, float)):
         raise TypeError(f"{op}: ref_var must be a float or None, got {type(ref_var).__name__}")
     if not (math.isfinite(ref_var) and ref_var > 0):

@@ -371,7 +371,7 @@ def _sample_graph(op, energy, x0, n_steps, a, noise_std, *, seed, offset, ref_va
         return ("tensor", tuple(v.shape), v.dtype) if torch.is_tensor(v) else v
 
     key = (id(energy), graphs.energy_key(energy), tuple(x0.shape), x0.dtype, dev, n_steps, spec(a), spec(noise_std),
-           ref_var, grad_clip, clamp, backend, return_trajectory, mh, adapt_steps, target_accept)
+           ref_var, grad_clip, check_clamp(op, clamp), backend, return_trajectory, mh, adapt_steps, target_accept)
     values = {"x": x0.detach()}
     if torch.is_tensor(a):
         values["a"] = a

@@ -259,3 +259,29 @@ def test_shifted_overlap_out_compiled(case, backend):
     r = torch.compile(fn, fullgraph=True)(got, *args)
     assert torch.equal(got, want)
     assert torch.equal(r, want[1:])
+
+
+@pytest.mark.parametrize("be", ["cpu", "reference"])
+def test_float_arguments_that_change_trace_under_fullgraph(be):
+    """A Python float that changes between calls (an annealed step size) becomes symbolic at its
+    second value: the wrappers' value checks (math.isfinite on it) raised Unsupported under
+    fullgraph=True. They step aside while tracing now, as the tensor checks do: each call equals
+    eager mode bit for bit. (A float argument of a C++ op is specialised, so each new value is
+    a recompile; a 0-d tensor step size traces once, see README.)"""
+    require("cpu", be)
+    torch.manual_seed(0)
+    x, g = torch.randn(16, 3), torch.randn(16, 3)
+    u = (x * x).sum(1)
+    cases = {
+        "step_size": lambda v: fl.langevin_step(x, g, v, seed=1, offset=2, backend=be),
+        "noise_std": lambda v: fl.langevin_step(x, g, 0.1, v, seed=1, offset=2, backend=be),
+        "ref_var": lambda v: fl.langevin_step(x, g, 0.1, seed=1, offset=2, ref_var=v, backend=be),
+        "grad_clip": lambda v: fl.langevin_step(x, g, 0.1, seed=1, offset=2, grad_clip=v, backend=be),
+        "clamp": lambda v: fl.langevin_step(x, g, 0.1, seed=1, offset=2, clamp=(-v, v), backend=be),
+        "increment": lambda v: fl.jarzynski_increment(x, g, u, 0.9 * x, g, u, v, backend=be),
+    }
+    for name, fn in cases.items():
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        for v in (0.5, 0.7, 0.9):
+            assert torch.equal(compiled(v), fn(v)), (name, v)

@@ -416,3 +416,18 @@ def test_walkers_graph_non_finite_gpu():
     msg = r"Walkers: energy or gradient became non-finite at step 2 for 1 walker"
     with pytest.raises(fl.NonFiniteError, match=msg):
         w.step(2)  # steps 2, 3: crosses check_every = 4
+
+
+def test_sample_graph_key_takes_the_checked_clamp(eager_replay):
+    """clamp as a list pair is accepted eagerly, so the graph path must take it too (its cache
+    key held the raw list: TypeError unhashable, before any capture, so on a GPU as well), and
+    bounds given as 0-d tensors are keyed by value (a fresh tensor per call recaptured)."""
+    e = lambda x: 0.5 * (x * x).sum(1)  # noqa: E731
+    x0 = torch.randn(8, 2)
+    want = fl.sample(e, x0, 3, 0.1, clamp=(-1.0, 1.0), backend="reference")
+    got = fl.sample(e, x0, 3, 0.1, clamp=[-1.0, 1.0], backend="reference", cuda_graph=True)
+    assert torch.equal(got.x, want.x)
+    n = len(graphs.SAMPLE_GRAPHS._d)
+    for _ in range(3):
+        fl.sample(e, x0, 3, 0.1, clamp=(torch.tensor(-1.0), 1.0), backend="reference", cuda_graph=True)
+    assert len(graphs.SAMPLE_GRAPHS._d) == n  # the same (lo, hi) floats: the same graph
