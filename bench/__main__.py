@@ -15,6 +15,7 @@ reported and the others still run; the exit status is 1 if any failed.
 from __future__ import annotations
 
 import argparse
+import math
 import contextlib
 import importlib
 import signal
@@ -36,9 +37,26 @@ BENCHES: list[str] = [
 ]
 
 
+class ModuleTimeout(BaseException):
+    """A module ran past its time limit. A BaseException, not an Exception: the benchmarks catch
+    Exception around each row (a torch.compile failure becomes a row without a time), and a
+    TimeoutError caught there let the module run on with no limit (the alarm fires once)."""
+
+
+def _seconds(text: str) -> float:
+    """argparse type of --module-timeout and --deadline: a finite number of seconds > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return v
+
+
 @contextlib.contextmanager
 def _deadline(seconds: Optional[float], what: str):
-    """Raise TimeoutError in the main thread after ``seconds`` (SIGALRM; Unix). The signal is
+    """Raise ModuleTimeout in the main thread after ``seconds`` (SIGALRM; Unix). The signal is
     handled between Python bytecodes, so a module stops at its next Python line (a timed GPU
     loop returns to Python every iteration). None: no limit."""
     if not seconds:
@@ -46,7 +64,7 @@ def _deadline(seconds: Optional[float], what: str):
         return
 
     def on_alarm(signum, frame):
-        raise TimeoutError(f"{what} ran past its time limit ({seconds:.3g} s)")
+        raise ModuleTimeout(f"{what} ran past its time limit ({seconds:.3g} s)")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -63,10 +81,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
     p.add_argument("--only", nargs="+", metavar="MODULE", choices=BENCHES,
                    help="run only these modules, in the order given")
-    p.add_argument("--module-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--module-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="stop a module that runs longer (reported FAILED: timeout) and go on with "
                         "the next, so a time-boxed run (a lent GPU) keeps every module that finished")
-    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--deadline", type=_seconds, default=None, metavar="SECONDS",
                    help="wall-clock budget of the whole run: each module gets at most what is left "
                         "(and --module-timeout), modules after it are reported 'not run', and the "
                         "run's JSON holds the modules that finished")
@@ -108,6 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             missing = sum(1 for r in rows if r.get("time_s") is None)
             if missing:
                 entry["status"] = f"ok ({missing} rows without a time)"
+        except ModuleTimeout as e:
+            entry["status"] = f"FAILED: timeout: {e}"
         except Exception as e:
             traceback.print_exc()
             entry["status"] = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -122,6 +142,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "name": "bench" + ("-quick" if args.quick else ""), "env": common.env_info(device),
             "summary": summary, "payloads": payloads})
         print(f"\nwrote {path} and {path.with_suffix('.png').name}")
+    if not payloads:
+        print("\nno module finished (nothing written)")
+        return 1
     return 1 if any(e["status"].startswith("FAILED") for e in summary) else 0
 
 
