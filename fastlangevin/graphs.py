@@ -212,10 +212,12 @@ class CapturedLoop:
 
 
 def energy_key(energy) -> tuple:
-    """What a captured graph assumes about the energy beyond its identity: for an nn.Module its
-    training flag and the addresses of its parameters and buffers."""
+    """What a captured graph assumes about the energy beyond its identity: for an nn.Module the
+    training flags of all its modules (a submodule's own .eval(), e.g. a BatchNorm's, changes
+    the captured computation as much as the top one's) and the addresses of its parameters and
+    buffers."""
     if isinstance(energy, torch.nn.Module):
-        return (energy.training, tuple(t.data_ptr() for t in energy.parameters()),
+        return (tuple(m.training for m in energy.modules()), tuple(t.data_ptr() for t in energy.parameters()),
                 tuple(t.data_ptr() for t in energy.buffers()))
     return ()
 

@@ -431,3 +431,15 @@ def test_sample_graph_key_takes_the_checked_clamp(eager_replay):
     for _ in range(3):
         fl.sample(e, x0, 3, 0.1, clamp=(torch.tensor(-1.0), 1.0), backend="reference", cuda_graph=True)
     assert len(graphs.SAMPLE_GRAPHS._d) == n  # the same (lo, hi) floats: the same graph
+
+
+def test_graph_key_sees_a_submodule_switching_mode():
+    """A captured graph bakes each module's training flag (dropout, batch norm): switching one
+    submodule to eval() must miss the cache, not replay the training-mode graph (the key read
+    the top module's flag only)."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+    k_train = graphs.energy_key(net)
+    net[1].eval()
+    assert net.training and graphs.energy_key(net) != k_train
+    net[1].train()
+    assert graphs.energy_key(net) == k_train
