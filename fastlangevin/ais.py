@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
 
-from .ops import check_positive, check_u64, randn
+from .ops import check_count, check_positive, check_u64, randn
 from .sampler import _check_energy_output, progress_range
 from .walkers import MH_STREAM, Walkers
 
@@ -56,13 +57,15 @@ def log_partition(
     ``resample`` set this ignores the earlier resampling epochs and is optimistic.
     """
     op = "log_partition"
-    shape = (dim,) if isinstance(dim, int) else tuple(dim)
-    if not shape or any((not isinstance(d, int)) or d < 1 for d in shape):
+    try:
+        shape = (dim,) if isinstance(dim, numbers.Integral) else tuple(dim)
+    except TypeError:
+        shape = ()
+    if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape):
         raise ValueError(f"{op}: dim must be a positive int or a shape tuple, got {dim!r}")
-    if not isinstance(n_walkers, int) or n_walkers < 1:
-        raise ValueError(f"{op}: n_walkers must be an int >= 1, got {n_walkers!r}")
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"{op}: n_steps must be an int >= 1, got {n_steps!r}")
+    shape = tuple(int(d) for d in shape)
+    n_walkers = check_count(op, "n_walkers", n_walkers, 1)
+    n_steps = check_count(op, "n_steps", n_steps, 1)
     if schedule not in ("linear", "sigmoid"):
         raise ValueError(f"{op}: schedule must be 'linear' or 'sigmoid', got {schedule!r}")
     seed = check_u64(op, "seed", seed)

@@ -46,7 +46,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _backend, reference
-from .ops import _as_i64, _shape, check_float_tensor, check_u64
+from .ops import _as_i64, _shape, check_count, check_float_tensor, check_u64
 
 MODES = reference.CHAIN_MODES  # ("ula", "weights", "mh")
 # The backends whose fused kernels run every mode and dtype (the rest fall back to step by step).
@@ -124,8 +124,7 @@ def _check_walkers(op: str, x) -> None:
 
 def _check_run(op: str, n_steps, mode: str, step_size, noise_std, seed, offset) -> tuple:
     """The run arguments every chain op shares: (a, s, seed, offset), s = sqrt(2a) by default."""
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
+    n_steps = check_count(op, "n_steps", n_steps)
     if mode not in MODES:
         raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
     a = _check_scalar(op, "step_size", step_size, allow_zero=False)

@@ -22,6 +22,7 @@ float32 energy evaluates float64 walkers in float64.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -324,7 +325,10 @@ class MLPEnergy(nn.Module):
     def __init__(self, dim, hidden: int = 128, depth: int = 3, act: str = "silu", ref_var: Optional[float] = None):
         super().__init__()
         op = "MLPEnergy"
-        d = dim if isinstance(dim, int) and not isinstance(dim, bool) else math.prod(dim)
+        try:
+            d = int(dim) if isinstance(dim, numbers.Integral) and not isinstance(dim, bool) else math.prod(dim)
+        except TypeError:
+            raise ValueError(f"{op}: dim must be an int or a shape tuple of ints, got {dim!r}") from None
         for name, v in (("dim", d), ("hidden", hidden), ("depth", depth)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{op}: {name} must be an int >= 1, got {v!r}")

@@ -83,6 +83,13 @@ def check_like(op: str, name: str, t, x: torch.Tensor, x_name: str = "x") -> tor
     return t
 
 
+def check_count(op: str, name: str, v, minimum: int = 0) -> int:
+    """A count (n_steps, n_walkers, ...): an int >= minimum, numpy integers included (not bool)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{op}: {name} must be an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
 def _traced_float(v) -> bool:
     """A Python float seen by torch.compile while it traces: once a float argument changes between
     calls Dynamo makes it symbolic, and math.isfinite or a comparison on it would be a graph

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import math
+import numbers
 
 import torch
 
@@ -12,6 +13,7 @@ from . import _backend
 from .reference import MH_STREAM
 from .ops import (
     check_clamp,
+    check_count,
     check_float_tensor,
     check_grad_clip,
     check_positive,
@@ -253,8 +255,7 @@ def sample(
     if check_cuda_graph(op, cuda_graph, x0) and progress:
         raise ValueError(f"{op}: progress=True cannot be combined with cuda_graph=True (the loop runs as one "
                          "graph replay: there is no step to report on the host)")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"{op}: n_steps must be an int >= 0, got {n_steps!r}")
+    n_steps = check_count(op, "n_steps", n_steps)
     a = check_positive(op, "step_size", step_size, x0)
     s = default_noise_std(a) if noise_std is None else check_positive(op, "noise_std", noise_std, x0, allow_zero=True)
     seed = check_u64(op, "seed", seed)
@@ -273,7 +274,7 @@ def sample(
         if clamp is not None or grad_clip is not None:
             raise ValueError(f"{op}: mh=True cannot be combined with clamp or grad_clip: they change the "
                              "proposal density, so the Metropolis-Hastings ratio would be wrong")
-        if isinstance(adapt_steps, bool) or not isinstance(adapt_steps, int) or not 0 <= adapt_steps <= n_steps:
+        if isinstance(adapt_steps, bool) or not isinstance(adapt_steps, numbers.Integral) or not 0 <= adapt_steps <= n_steps:
             raise ValueError(f"{op}: adapt_steps must be an int in [0, n_steps], got {adapt_steps!r}")
         if adapt_steps and noise_std is not None:
             raise ValueError(f"{op}: step-size adaptation needs the default noise_std = sqrt(2 step_size)")
@@ -330,9 +331,9 @@ def check_every_of(op: str, check_every, device: torch.device) -> int:
     GPU (each look is a device synchronisation there); else an int >= 1."""
     if check_every is None:
         return 1 if device.type == "cpu" else 100
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+    if isinstance(check_every, bool) or not isinstance(check_every, numbers.Integral) or check_every < 1:
         raise ValueError(f"{op}: check_every must be None or an int >= 1, got {check_every!r}")
-    return check_every
+    return int(check_every)
 
 
 def _check_final_energy(op: str, u: torch.Tensor, n_steps: int) -> None:

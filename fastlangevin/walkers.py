@@ -28,6 +28,7 @@ from . import _backend
 from . import resampling as _resample
 from . import weights as _weights
 from .ops import (
+    check_count,
     check_positive,
     check_ref_var,
     check_u64,
@@ -199,8 +200,7 @@ class Walkers:
         on the triton and reference backends, to float32 rounding of the normals on the cuda
         backend). The host looks at the non-finite watch after a replay that crosses a multiple
         of check_every steps, as the loop does. The fused chains are not used."""
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-            raise ValueError(f"Walkers.step: n_steps must be an int >= 0, got {n_steps!r}")
+        n_steps = check_count("Walkers.step", "n_steps", n_steps)
         if n_steps and self.cuda_graph:
             return self._step_graph(n_steps)
         if n_steps and self._fused_params() is not None:

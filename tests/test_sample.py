@@ -211,3 +211,29 @@ def test_closed_form_gradient_of_another_dtype_is_named():
     with pytest.raises(TypeError, match=r"sample: energy.energy_and_grad returned a torch.float64 gradient on cpu, "
                                         r"expected x's torch.float32 on cpu"):
         fl.sample(Closed(), torch.zeros(4, 2), 2, 0.1)
+
+
+def test_counts_accept_numpy_integers():
+    """n_steps and the other counts are ints, numpy integers included (np.int64(3) was refused),
+    never bools or floats."""
+    import numpy as np
+
+    from fastlangevin.energies import MLPEnergy
+
+    e = lambda x: 0.5 * (x * x).sum(1)  # noqa: E731
+    x0 = torch.zeros(4, 2)
+    assert fl.sample(e, x0, np.int64(3), 0.1, seed=1).n_steps == 3
+    assert torch.equal(fl.sample(e, x0, np.int64(3), 0.1, seed=1).x, fl.sample(e, x0, 3, 0.1, seed=1).x)
+    w = fl.Walkers(e, x0, 0.1)
+    w.step(np.int32(2))
+    assert w.steps == 2 and type(w.steps) is int
+    assert MLPEnergy(np.int64(3)).dim == 3
+    for bad in (True, -1, 2.0):
+        with pytest.raises(ValueError, match="sample: n_steps must be an int >= 0"):
+            fl.sample(e, x0, bad, 0.1)
+    with pytest.raises(ValueError, match="log_partition: n_walkers must be an int >= 1, got True"):
+        fl.log_partition(e, 2, n_walkers=True)
+    with pytest.raises(ValueError, match="log_partition: dim must be a positive int or a shape tuple, got 2.0"):
+        fl.log_partition(e, 2.0)
+    with pytest.raises(ValueError, match="MLPEnergy: dim must be an int or a shape tuple of ints, got 2.0"):
+        MLPEnergy(2.0)
