@@ -342,3 +342,22 @@ def test_compare_teaching_table(tmp_path, capsys):
         assert f"| {method} | {m['mmd_init']:.5f} | {m['mmd_refined']:.5f} | {m['kl']:.3f} | {m['tv']:.3f} | 5 |" in text
     with pytest.raises(SystemExit, match="two different tables"):
         _run(["compare", "--teaching", "--budget", "1", "--out", tmp_path])
+
+
+def test_missing_data_is_a_one_line_exit_and_creates_nothing(tmp_path):
+    """Absent MNIST files: the loader's message (what, where, how to get them) as the exit
+    message, not a FileNotFoundError traceback, and no run folder left behind."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"--data mnist: mnist: expected .*nowhere.*train-images-idx3-ubyte"):
+        _run(["pcd", "--data", "mnist", "--data-dir", tmp_path / "nowhere", "--iters", "1", "--out", out])
+    assert not out.exists()
+
+
+def test_compare_fresh_deletes_only_a_comparison_folder(tmp_path):
+    """--fresh deletes --out only when it holds nothing but comparison runs and tables: with a
+    mistyped --out it would have removed any folder."""
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("precious")
+    with pytest.raises(SystemExit, match=r"--fresh: .* holds \['thesis'\], not only comparison runs; refusing"):
+        _run(["compare", "--fresh", "--data", "gmm", "--out", tmp_path])
+    assert (tmp_path / "thesis" / "chapter1.tex").read_text() == "precious"

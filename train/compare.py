@@ -168,6 +168,13 @@ def main(args) -> int:
 
     out = Path(args.out)
     if args.fresh and out.exists():
+        # Only a folder this command made: --fresh with a mistyped --out must not delete anything else.
+        ours = {"table.md", "results.json", "gmm_mode_weights.png"}
+        foreign = [p.name for p in out.iterdir() if p.name not in ours and not (p / "compare.json").exists()
+                   and not (p / "metrics.json").exists() and not (p / harness.CHECKPOINT).exists()]
+        if not out.is_dir() or foreign:
+            raise SystemExit(f"--fresh: {out} holds {sorted(foreign)[:5] or 'a file'}, not only comparison runs; "
+                             "refusing to delete it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

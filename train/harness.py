@@ -218,11 +218,14 @@ def run(method: str, trainer_cls, args, *, load_data) -> int:
         raise SystemExit(f"--resume: no checkpoint at {ckpt_path}")
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--out {out} is a file, not a run folder")
-    out.mkdir(parents=True, exist_ok=True)
     device = _device(args.device)
     torch.manual_seed(args.seed)
-    data = load_data(args)
+    try:
+        data = load_data(args)
+    except (FileNotFoundError, EOFError, OSError) as e:  # absent, truncated or unreadable data files
+        raise SystemExit(f"--data {args.data}: {e}") from None
     trainer = trainer_cls(args, data, device)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and the trainer exist
     config = {"method": method, "data": args.data, "preset": args.preset, "seed": args.seed,
               "model": getattr(trainer, "model_name", None), "device": args.device,
               "iters": trainer.iters, "n_train": getattr(args, "n_train", None),
