@@ -82,7 +82,7 @@ inline void check_chain_state(const char* op, int64_t N, int64_t n_steps, int64_
 inline void check_mixture_chain_args(const at::Tensor& x, const at::Tensor& energy, const at::Tensor& grad,
                                      const at::Tensor& means, const at::Tensor& inv_var, const at::Tensor& log_coef) {
   // Guards for direct callers; fastlangevin/chain.py checks everything with friendly messages.
-  TORCH_CHECK(x.dim() == 2, "mixture_chain: x must be [N, d]");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) >= 1, "mixture_chain: x must be [N, d] with d >= 1");
   const int64_t N = x.size(0), d = x.size(1);
   TORCH_CHECK(means.dim() == 2 && means.size(1) == d, "mixture_chain: means must be [K, d]");
   const int64_t K = means.size(0);
@@ -100,7 +100,8 @@ inline void check_mixture_chain_args(const at::Tensor& x, const at::Tensor& ener
 // params [2] = (barrier, center), all contiguous, one dtype (float32 / float64).
 inline void check_double_well_chain_args(const at::Tensor& x, const at::Tensor& energy, const at::Tensor& grad,
                                          const at::Tensor& params) {
-  TORCH_CHECK(x.dim() == 2, "double_well_chain: x must be [N, d]");
+  // d >= 1: the tile size is a number of elements divided by d (d = 0 was a SIGFPE)
+  TORCH_CHECK(x.dim() == 2 && x.size(1) >= 1, "double_well_chain: x must be [N, d] with d >= 1");
   const auto st = x.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kDouble, "double_well_chain: x must be float32 or float64");
   for (const at::Tensor* t : {&x, &energy, &grad, &params})

@@ -118,8 +118,8 @@ def _check_walkers(op: str, x) -> None:
     check_float_tensor(op, "x", x)
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{op}: x must have shape [N, d], got {_shape(x)}")
+    if x.dim() != 2 or x.shape[1] == 0:
+        raise ValueError(f"{op}: x must have shape [N, d] with d >= 1, got {_shape(x)}")
 
 
 def _check_run(op: str, n_steps, mode: str, step_size, noise_std, seed, offset) -> tuple:
@@ -387,7 +387,7 @@ def fused_chain_of(energy, x: torch.Tensor, backend: Optional[str] = None):
     energy has no fused chain for walkers like x [N, d] on ``backend`` (a resolved backend
     name; None: any) (see the module docstring for the rule). The MLP runner runs backend
     "cuda" as "triton" (the only MLP chain kernel for CUDA tensors)."""
-    if x.dim() != 2:
+    if x.dim() != 2 or x.shape[1] == 0:
         return None
     params = chain_params_of(energy, x.dtype)
     if params is not None:

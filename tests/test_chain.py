@@ -1,6 +1,7 @@
 """fastlangevin.chain.mixture_chain and double_well_chain: the fused chains against the reference
 loop and against the step-by-step path of sample() / Walkers (same seed, same noise)."""
 import copy
+import math
 
 import pytest
 import torch
@@ -334,3 +335,39 @@ def test_step_by_step_wrapper_hides_the_chain_protocol_only():
     want = fl.sample(lambda x: 0.5 * (x * x).sum(1), x0, 3, 0.1, seed=1)
     assert torch.equal(r.x, want.x)
     assert list(StepByStep(g).parameters()) == list(g.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixture_chain_nan_stays_nan(dtype):
+    """A NaN parameter, or walkers at +-inf (every q_k is -inf), make the mixture energy NaN in the
+    reference; the C++ kernel's bit-arithmetic log turned its NaN normaliser into a finite
+    number (U = -87.7 in float32), a plausible energy that every non-finite check passed."""
+    require("cpu", "cpu")
+    means = torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=dtype)
+    inv_var, coef = torch.ones(2, 2, dtype=dtype), torch.zeros(2, dtype=dtype)
+    x = torch.zeros(13, 2, dtype=dtype)
+    x[3, 0] = math.inf
+    x[4, 1] = -math.inf
+    cases = {"nan log_coef": (x[:1], means, inv_var, torch.tensor([math.nan, 0.0], dtype=dtype)),
+             "nan mean": (x[:1], torch.tensor([[0.0, math.nan], [2.0, -1.0]], dtype=dtype), inv_var, coef),
+             "inf walkers": (x, means, inv_var, coef)}
+    for name, (xx, m, iv, c) in cases.items():
+        ref = mixture_chain(xx, m, iv, c, 1, 0.1, seed=1, backend="reference")
+        got = mixture_chain(xx, m, iv, c, 1, 0.1, seed=1, backend="cpu")
+        assert torch.equal(torch.isnan(got.energy), torch.isnan(ref.energy)), (name, got.energy, ref.energy)
+        assert bool(torch.isnan(got.energy).any()), name
+
+
+def test_chains_refuse_walkers_of_dimension_zero():
+    """d = 0 was a SIGFPE in the C++ chains (the tile size is elements / d): a clear error from the
+    Python op and a guard in the kernel for direct callers; sample() takes the loop."""
+    require("cpu", "cpu")
+    x = torch.zeros(4, 0)
+    z = torch.zeros(2, 0)
+    with pytest.raises(ValueError, match=r"mixture_chain: x must have shape \[N, d\] with d >= 1, got \[4, 0\]"):
+        mixture_chain(x, z, z, torch.zeros(2), 3, 0.1)
+    with pytest.raises(ValueError, match=r"double_well_chain: x must have shape \[N, d\] with d >= 1"):
+        double_well_chain(x, 1.0, 1.0, 3, 0.1)
+    with pytest.raises(RuntimeError, match=r"mixture_chain: x must be \[N, d\] with d >= 1"):
+        torch.ops.fastlangevin.mixture_chain(x, torch.zeros(4), torch.zeros(4, 0), z, z, torch.zeros(2), 3, 0.1, 0.4,
+                                             0, 0, 0, None, None, torch.zeros(4, dtype=torch.int64))

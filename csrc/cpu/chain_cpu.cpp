@@ -293,7 +293,11 @@ struct MixtureEnergy {
       }
       const V inv = T(1) / sum;
       for (int64_t k = 0; k < K; ++k) vstore(q + k * L + n * W, vload<VB>(q + k * L + n * W) * inv);
-      vstore(u + n * W, -(qmax + log_v(sum)));
+      // A NaN sum (a NaN parameter, or walkers at +-inf where every q_k is -inf and t = -inf + inf)
+      // stays NaN: log_v's bit arithmetic would map it to a plausible finite log (~88.7, ~709.8),
+      // a finite energy where the reference's is NaN, past every non-finite check.
+      const V uu = -(qmax + log_v(sum));
+      vstore(u + n * W, sum != sum ? sum : uu);
     }
     // g_j = sum_k r_k (v_j - m_kj) iv_kj
     for (int64_t j = 0; j < d; ++j) {
