@@ -173,9 +173,10 @@ class MLPEnergy(_FLMLPEnergy):
 
 class ConvEBM(nn.Module):
     """A small conv EBM for (C, H, W) images such as (1, 8, 8) digits and (1, 28, 28) MNIST, after
-    the MNIST CNNModel of Carbone et al.: conv3x3 (C -> 16), then stride-2 conv4x4 layers
-    16 -> 32 -> 64 -> 64 while the side is above 4 (8x8: two, 28x28: three), SiLU between,
-    then Linear(flat -> 64), SiLU, Linear(64 -> 1). Accepts [N, C, H, W] or flat [N, C*H*W].
+    the MNIST CNNModel of Carbone et al. (not equal to it: that one's head is Linear 256 -> 64 -> 1,
+    see PAPERS.md 1.5): conv3x3 (C -> 16), then stride-2 conv4x4 layers 16 -> 32 -> 64 -> 64 while
+    the side is above 4 (8x8: one, to 4x4 and a 512-wide head; 28x28: three, 28 -> 14 -> 7 -> 3, a
+    576-wide head), SiLU between, then Linear(flat -> 64), SiLU, Linear(64 -> 1). Accepts [N, C, H, W] or flat [N, C*H*W].
     Optional ref_var adds |x|^2 / (2 ref_var).
     """
 

@@ -3,6 +3,8 @@ synthetic MNIST / CIFAR-10 files written here; nothing is downloaded)."""
 import gzip
 import math
 import pickle
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -153,3 +155,44 @@ def test_cifar10_from_tiny_pickles(tmp_path):
     (folder / "test_batch").unlink()
     with pytest.raises(FileNotFoundError, match="test_batch"):
         load("cifar10", data_dir=tmp_path)
+
+
+def test_damaged_image_files_are_named(tmp_path):
+    """A damaged file is an error naming it (they were numpy's 'buffer is smaller than requested
+    size', gzip's 'Not a gzipped file', a bare EOFError, UnpicklingError or KeyError), and
+    MNIST labels that do not match the images are refused (4 images with 3 labels loaded)."""
+    xtr = np.zeros((4, 28, 28), dtype=np.uint8)
+    good = tmp_path / "good"
+    good.mkdir()
+    _write_idx(good / "train-images-idx3-ubyte", xtr)
+    _write_idx(good / "t10k-images-idx3-ubyte", xtr[:2])
+    cases = {
+        "header": lambda d: (d / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3, 0, 0])),
+        "gz": lambda d: ((d / "train-images-idx3-ubyte").unlink(), (d / "train-images-idx3-ubyte.gz").write_bytes(b"no")),
+        "truncated gz": lambda d: ((d / "train-images-idx3-ubyte").unlink(), _write_idx(d / "train-images-idx3-ubyte", xtr, gz=True),
+                                   (d / "train-images-idx3-ubyte.gz").write_bytes((d / "train-images-idx3-ubyte.gz").read_bytes()[:40])),
+        "labels": lambda d: _write_idx(d / "train-labels-idx1-ubyte", np.arange(3)),
+        "1-d images": lambda d: _write_idx(d / "train-images-idx3-ubyte", np.zeros(4)),
+    }
+    for name, damage in cases.items():
+        d = tmp_path / name.replace(" ", "_")
+        shutil.copytree(good, d)
+        damage(d)
+        with pytest.raises(ValueError, match=rf"{re.escape(str(d))}/train-"):
+            load("mnist", data_dir=d)
+    folder = tmp_path / "c" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, content in enumerate((b"\x80\x04garbage", pickle.dumps({b"labels": [1]}),
+                                 pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [1, 2]}))):
+        (folder / "data_batch_1").write_bytes(content)
+        with pytest.raises(ValueError, match=r"cifar10: .*data_batch_1 "):
+            load("cifar10", data_dir=tmp_path / "c")
+
+
+def test_dequantised_pixels_stay_below_one():
+    """(255 + u) / 128 - 1 rounds to 1.0 in float32 for u within 2^-18 of 1: [-1, 1) is promised."""
+    from train.data import _dequantise
+
+    g = torch.Generator().manual_seed(0)
+    v = _dequantise(np.full((4_000_000,), 255, dtype=np.uint8), 256, g, torch.float32)
+    assert float(v.max()) < 1.0 and float(v.min()) >= 255 / 128 - 1

@@ -73,3 +73,19 @@ def test_image_grid_layout():
     g = image_grid(x, (1, 8, 8))
     assert g.shape == (2 * 9 - 1, 3 * 9 - 1)  # 5 images -> 2 rows of 3 tiles, 1-pixel gaps
     assert g[0, 0] == 0.0 and g[0, 9] == 1.0  # -1 -> black, +1 -> white; tile 1 is white
+
+
+def test_traces_of_runs_logged_at_different_iterations(tmp_path):
+    """compare --budget on gmm: the runs log different numbers of rows in equal time, and one x
+    for all (the first run's 38 iterations against another's 77 rows) was a ValueError after all
+    the training, before results.json was written. x may map each series to its own iterations."""
+    from train import compare, plots
+
+    p = plots.save_traces(tmp_path / "t.png", {"a": [1.0, 2.0, 3.0], "b": [1.0] * 6},
+                          x={"a": [0, 10, 20], "b": [0, 4, 8, 12, 16, 20]}, overlay={"both": ("a", "b")})
+    assert p.stat().st_size > 1000
+    for m, n in (("pcd", 38), ("jarzynski", 77)):
+        d = tmp_path / f"gmm-{m}"
+        d.mkdir()
+        (d / "metrics.jsonl").write_text("".join(f'{{"iter": {i}, "mode_weight_0": 0.1}}\n' for i in range(n)))
+    assert compare.mode_weight_picture(tmp_path, ["pcd", "jarzynski"]).stat().st_size > 1000

@@ -124,8 +124,11 @@ def mode_weight_picture(out: Path, methods) -> Path:
 
     hist = {m: harness.read_history(out / f"gmm-{m}" / "metrics.jsonl") for m in methods}
     series = {m: h["mode_weight_0"] for m, h in hist.items() if "mode_weight_0" in h}
-    x = next(iter(hist.values())).get("iter")
-    series["teacher (0.25)"] = [0.25] * len(x or [])
+    # each run on its own logged iterations (runs at equal time log different counts); the
+    # teacher's line over the longest
+    x = {m: hist[m].get("iter") for m in series}
+    longest = max(x.values(), key=lambda v: len(v or []), default=None) or []
+    series["teacher (0.25)"], x["teacher (0.25)"] = [0.25] * len(longest), longest
     return plots.save_traces(out / "gmm_mode_weights.png", series, x=x,
                              overlay={"student mass on the -10 e1 mode": tuple(series)},
                              title="GMM teacher 0.25 : 0.75, d = 50")

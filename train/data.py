@@ -287,7 +287,10 @@ def _dequantise(v: np.ndarray, levels: int, generator: torch.Generator, dtype) -
     """Integer pixels v in 0..levels-1 -> (v + u) / levels * 2 - 1 in [-1, 1), u ~ U[0, 1)."""
     t = torch.from_numpy(np.ascontiguousarray(v)).to(torch.float64)
     u = torch.rand(t.shape, generator=generator, dtype=torch.float64)
-    return ((t + u) / levels * 2 - 1).to(dtype)
+    # the cast to float32 rounds values within 2^-25 of 1 up to 1.0 (14 of 4e6 pixels at 255):
+    # clamp to the largest value below 1 of the target dtype, so the interval stays half-open
+    below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype)).item()
+    return ((t + u) / levels * 2 - 1).to(dtype).clamp_(max=below_one)
 
 
 def _digits(seed: int, n_train: Optional[int], n_test: Optional[int], dtype) -> Dataset:
@@ -340,11 +343,16 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
     dimension as a big-endian uint32."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # not gzip (BadGzipFile is an OSError), truncated gzip
+        raise ValueError(f"read_idx: {path} cannot be read ({type(e).__name__}: {e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"read_idx: {path} is not a uint8 IDX file (header {raw[:4]!r})")
     nd = raw[3]
+    if len(raw) < 4 + 4 * nd:
+        raise ValueError(f"read_idx: {path} ends inside its header ({len(raw)} bytes, {nd} dimensions)")
     dims = np.frombuffer(raw, dtype=">u4", count=nd, offset=4).astype(np.int64)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * nd)
     if data.size != int(np.prod(dims)):
@@ -361,6 +369,12 @@ def _mnist(seed: int, data_dir, n_train, n_test, dtype) -> Dataset:
         lab = [p for p in lab if p.is_file()]  # labels are optional (unconditional training)
         ys.append(torch.from_numpy(read_idx(lab[0]).astype(np.int64)) if lab else None)
     (xtr, xte), (ytr, yte) = xs, ys
+    for prefix, x, y in (("train", xtr, ytr), ("t10k", xte, yte)):
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise ValueError(f"mnist: {folder}/{prefix}-images-idx3-ubyte holds shape {x.shape}, expected [N, 28, 28]")
+        if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0]):
+            raise ValueError(f"mnist: {folder}/{prefix}-labels-idx1-ubyte holds {tuple(y.shape)} labels for "
+                             f"{x.shape[0]} images")
     xtr, xte = xtr[:n_train, None], xte[:n_test, None]  # [N, 1, 28, 28]
     train = _dequantise(xtr, 256, _gen(seed, _DEQUANT_TRAIN), dtype)
     test = _dequantise(xte, 256, _gen(seed, _DEQUANT_TEST), dtype)
@@ -381,10 +395,16 @@ def _cifar10(seed: int, data_dir, n_train, n_test, dtype) -> Dataset:
                 f"cifar10: expected {p} and did not find it; download {CIFAR_URL}, "
                 "and pass its parent folder as --data-dir (load(..., data_dir=...)). Nothing is downloaded automatically."
             )
-        with open(p, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # the python-version pickles have bytes keys
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows are R, G, B planes
-        return x, np.asarray(d[b"labels"], dtype=np.int64)
+        try:
+            with open(p, "rb") as f:
+                d = pickle.load(f, encoding="bytes")  # the python-version pickles have bytes keys
+            data, labels = np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
+        except Exception as e:  # truncated or foreign pickles: UnpicklingError, EOFError, KeyError, ...
+            raise ValueError(f"cifar10: {p} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+            raise ValueError(f"cifar10: {p} holds data {data.shape} and labels {labels.shape}, expected "
+                             "[N, 3072] and [N]")
+        return data.reshape(-1, 3, 32, 32), labels  # rows are R, G, B planes
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
     xtr = np.concatenate([p[0] for p in parts])[:n_train]

@@ -222,7 +222,11 @@ def run(method: str, trainer_cls, args, *, load_data) -> int:
     torch.manual_seed(args.seed)
     try:
         data = load_data(args)
-    except (FileNotFoundError, EOFError, OSError) as e:  # absent, truncated or unreadable data files
+    except (FileNotFoundError, OSError) as e:  # absent or unreadable data files
+        raise SystemExit(f"--data {args.data}: {e}") from None
+    except ValueError as e:
+        if args.data not in ("mnist", "cifar10"):  # the local-file loaders' damaged-file errors name the file
+            raise
         raise SystemExit(f"--data {args.data}: {e}") from None
     trainer = trainer_cls(args, data, device)
     out.mkdir(parents=True, exist_ok=True)  # only once the data and the trainer exist

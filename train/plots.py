@@ -137,10 +137,10 @@ def save_energy_landscape(path: PathLike, energy, data, bounds: Optional[Sequenc
 
 
 def save_traces(path: PathLike, history: Mapping[str, Sequence[float]], *, title: Optional[str] = None,
-                x: Optional[Sequence[float]] = None, overlay: Mapping[str, Sequence[str]] = ()) -> Path:
+                x=None, overlay: Mapping[str, Sequence[str]] = ()) -> Path:
     """One panel per series of `history` (name -> values per logged iteration, e.g. "ess",
-    "log_z", "loss"), stacked, sharing the x axis: `x` (e.g. the logged iteration numbers), or
-    the index. `overlay` draws several series in one panel with a legend, e.g.
+    "log_z", "loss"), stacked, sharing the x axis: `x` (e.g. the logged iteration numbers), a
+    mapping name -> x of each series (runs logged at different iterations), or the index. `overlay` draws several series in one panel with a legend, e.g.
     {"cross-entropy": ("ce_exact", "ce_estimate")}. Non-finite values are left as gaps."""
     overlay = {k: [n for n in v if n in history] for k, v in dict(overlay).items()}
     overlay = {k: v for k, v in overlay.items() if v}
@@ -152,7 +152,9 @@ def save_traces(path: PathLike, history: Mapping[str, Sequence[float]], *, title
     for ax, (label, names) in zip(axes[:, 0], panels):
         for name in names:
             v = np.asarray([float(a) for a in history[name]], dtype=np.float64)
-            xs = np.arange(len(v)) if x is None else np.asarray(x, dtype=np.float64)[: len(v)]
+            xn = x.get(name) if isinstance(x, Mapping) else x
+            xs = np.arange(len(v)) if xn is None else np.asarray(xn, dtype=np.float64)[: len(v)]
+            v = v[: len(xs)]
             ax.plot(xs, v, lw=1, label=name if len(names) > 1 else None)
         if len(names) > 1:
             ax.legend(fontsize=8)
