@@ -228,6 +228,12 @@ mlp = MLPEnergy(5, hidden=24, depth=3).double()
 out["mlp64"] = fl.sample(mlp, x[:83, :5].double(), 10, 0.05, seed=5, mh=True).x
 mlp = MLPEnergy(2, hidden=7, depth=4, act="tanh")
 out["mlp-tail"] = fl.sample(mlp, x[:83, :2], 10, 0.05, seed=6).x
+# the double well at widths with a d-tail (15, 65) and without (64), energies and weights too
+# (its clones' energies differed by an ulp at these widths until its sums were explicit vectors)
+from fastlangevin.chain import double_well_chain
+for dt, d in ((torch.float32, 15), (torch.float32, 64), (torch.float32, 65), (torch.float64, 63)):
+    r = double_well_chain(torch.randn(13, d, dtype=dt), 1.0, 1.0, 3, 0.01, seed=1, backend="cpu", mode="weights")
+    out[f"dw-{dt}-{d}"] = torch.cat([r.x.flatten().double(), r.energy.double(), r.log_w.double()])
 g, y, gy = torch.randn(300, 50), torch.randn(300, 50), torch.randn(300, 50)
 u, uy = torch.randn(300), torch.randn(300)
 out["increment"] = fl.jarzynski_increment(x, g, u, y, gy, uy, 0.01, 0.2, backend="cpu")

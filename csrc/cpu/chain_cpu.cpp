@@ -321,24 +321,32 @@ struct DoubleWellEnergy {
   int64_t d;
   int64_t scratch() const { return 0; }
 
+  // The kLanes partial sums are one explicit vector (two ymm in the AVX2 clone, one or two zmm
+  // in the AVX-512 one: the same lane-wise operations), and the d-tail goes into its lanes too,
+  // summed in lane order at the end. Written with scalar arrays and a scalar tail, GCC
+  // vectorised the two clones differently and their energies differed by an ulp for some d
+  // (15, 64, 65 in float32; 15, 63 in float64), where isa_cpu.h promises bit-equal clones.
   FL_HD T eval(const T* __restrict__ v, T* __restrict__, T* __restrict__ g) const {
+    using P = typename Vec<T, kLanes * static_cast<int>(sizeof(T))>::type;
+    using PU = typename Vec<T, kLanes * static_cast<int>(sizeof(T))>::utype;
     const T h4 = T(4) * h;
-    T part[kLanes] = {};
+    P part = {};
     int64_t j = 0;
     for (; j + kLanes <= d; j += kLanes) {
-      FL_UNROLL
-      for (int l = 0; l < kLanes; ++l) {
-        const T w = v[j + l] * v[j + l] - c2;
-        part[l] += w * w;
-        g[j + l] = (h4 * v[j + l]) * w;
-      }
+      const P x = *reinterpret_cast<const PU*>(v + j);
+      const P w = x * x - c2;
+      part += w * w;
+      *reinterpret_cast<PU*>(g + j) = (h4 * x) * w;
     }
+    T tail[kLanes] = {};
+    for (int64_t l = 0; j + l < d; ++l) {
+      const T x = v[j + l];
+      const T w = x * x - c2;
+      tail[l] = w * w;
+      g[j + l] = (h4 * x) * w;
+    }
+    part += *reinterpret_cast<const PU*>(tail);
     T acc = 0;
-    for (; j < d; ++j) {
-      const T w = v[j] * v[j] - c2;
-      acc += w * w;
-      g[j] = (h4 * v[j]) * w;
-    }
     FL_UNROLL
     for (int l = 0; l < kLanes; ++l) acc += part[l];
     return h * acc;
