@@ -125,6 +125,11 @@ def energy_and_grad(energy: Energy, x: torch.Tensor, op: str = "sample") -> tupl
     return u.detach(), g.detach()
 
 
+def _non_finite_rows(u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """[N] bool: the walkers whose energy u [N] or gradient g [N, ...] is NaN or infinite."""
+    return ~torch.isfinite(u) | ~torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+
+
 class _NonFiniteWatch:
     """Remembers, on the device, the first step at which some walker's energy or gradient was
     non-finite and how many walkers it hit; the host looks only every `every` steps, so a GPU
@@ -142,7 +147,7 @@ class _NonFiniteWatch:
     def bad(self, u: torch.Tensor, g: torch.Tensor, log_w: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[N] bool: the walkers whose energy u [N] or gradient g [N, ...] is NaN/inf, or whose
         log-weight log_w [N] (when given) is NaN or +inf (-inf is a legitimate zero weight)."""
-        bad = ~torch.isfinite(u) | ~torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+        bad = _non_finite_rows(u, g)
         if log_w is not None:
             bad = bad | torch.isnan(log_w) | (log_w == math.inf)
             self.what = "energy, gradient or log-weight"
@@ -522,7 +527,7 @@ def _fused_chain(energy, x0, a, s, ref_var, grad_clip, clamp, backend, return_tr
 
 
 def _raise_if_non_finite(op: str, u: torch.Tensor, g: torch.Tensor, where: str) -> None:
-    bad = ~torch.isfinite(u) | ~torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+    bad = _non_finite_rows(u, g)
     if bool(bad.any()):
         raise NonFiniteError(f"{op}: energy or gradient became non-finite {where} for {int(bad.sum())} walker(s); "
                              "lower the step size or check the energy")
@@ -538,7 +543,7 @@ def _sample_chain(op, energy, x0, n_steps, a, s, run, *, seed, offset, backend, 
     _raise_if_non_finite(op, u, g, "in the initial state (x0)")
     res = run(x, n_steps, a, s, energy=u, grad=g, seed=seed, offset=offset, mode="mh" if mh else "ula",
               backend=backend)
-    bad = ~torch.isfinite(res.energy) | ~torch.isfinite(res.grad).all(dim=1)
+    bad = _non_finite_rows(res.energy, res.grad)
     if bool(bad.any()):
         loop()  # raises at the first bad step; it stays finite only where rounding differs at the edge
         raise NonFiniteError(f"{op}: energy or gradient non-finite after step {n_steps - 1} of the fused chain for "

@@ -146,8 +146,8 @@ def add_arguments(parser, method: str) -> None:
                    help="training points (gmm / toys: generated)")
     for f in ("n_walkers", "batch", "neg_batch", "k_steps", "burn_in", "reset_every", "ais_walkers", "ais_steps",
               "hidden", "step_size", "noise_std", "lr", "lr_z", "l2", "reinit", "ess_threshold", "cv2", "ref_var"):
-        # batch 0 and neg_batch 0: the whole set / every walker (the GMM presets)
-        kind = harness.NONNEG_INT if f in ("batch", "neg_batch") else harness.OPTION_TYPES[f]
+        # batch 0: the whole set (the GMM presets); the teaching trainers need a batch >= 1
+        kind = harness.NONNEG_INT if f == "batch" else harness.OPTION_TYPES[f]
         g.add_argument("--" + f.replace("_", "-"), type=kind, default=None)
     g.add_argument("--scheme", default=None, choices=fl.walkers.SCHEMES)
     g.add_argument("--trigger", default=None, choices=("ess", "cv2_lag"))

@@ -76,9 +76,10 @@ UNIT_FLOAT = _typed("unit_float", float, lambda v: 0.0 <= v <= 1.0, "a float in 
 # argparse types from here), so a bad value is a usage error naming the option, not a math
 # domain error or a ZeroDivisionError some iterations in.
 OPTION_TYPES = {
-    **dict.fromkeys(("n_walkers", "batch", "neg_batch", "k_steps", "reset_every", "ais_walkers", "ais_steps", "hidden",
+    **dict.fromkeys(("n_walkers", "batch", "k_steps", "reset_every", "ais_walkers", "ais_steps", "hidden",
                      "latent", "gen_hidden", "k_x", "k_z", "eval_n"), POSITIVE_INT),
-    "burn_in": NONNEG_INT,
+    # neg_batch 0: every walker (the GMM presets); batch 0 (the whole set) only for train/ebm.py
+    **dict.fromkeys(("burn_in", "neg_batch"), NONNEG_INT),
     **dict.fromkeys(("step_size", "lr", "lr_z", "ref_var", "step_x", "temperature", "lr_ebm", "lr_gen", "lr_inf",
                      "sigma", "step_z", "explode"), POSITIVE_FLOAT),
     **dict.fromkeys(("noise_std", "l2", "cv2", "noise_x", "kl_weight", "noise_z", "w_gen_teach", "w_inf_teach"),

@@ -233,7 +233,7 @@ def _langevin_step_kernel(
 HALVES_MIN, HALVES_MAX = 2.0 ** -100, float(np.finfo(np.float32).max)
 
 
-def f32_halves(v: float, what: Optional[str] = None) -> tuple[float, float]:
+def f32_halves(v: float, what: Optional[str] = None, fp64: bool = False) -> tuple[float, float]:
     """v as hi + lo with hi, lo float32 values, for float64 scalars of a Triton kernel.
 
     Triton passes Python floats to a kernel as float32, which would round a float64 step size in
@@ -242,13 +242,13 @@ def f32_halves(v: float, what: Optional[str] = None) -> tuple[float, float]:
     bits (relative error below 4e-15) and the kernel adds them in float64. Infinities (open clip
     or clamp bounds) pass as (inf, 0).
 
-    what: the op and argument (e.g. "langevin_step: step_size") of a scalar that a float64
-    kernel needs to 48 bits: then a finite v outside 2^-100 <= |v| <= float32's max, whose
-    halves would be (inf, 0), 0 or a few subnormal bits (a step size of 1e39 became inf, 1e-280
-    became 0, with reference and cpu agreeing on the float64 answer), is refused with an error
-    naming it. Without what (float32 kernels use hi alone, as the C++ kernels use fp32(v)) any v
-    is taken."""
-    if what is not None and math.isfinite(v) and v != 0.0 and not HALVES_MIN <= abs(v) <= HALVES_MAX:
+    fp64: the kernel computes in float64 and needs v to 48 bits: then a finite v outside
+    2^-100 <= |v| <= float32's max, whose halves would be (inf, 0), 0 or a few subnormal bits (a
+    step size of 1e39 became inf, 1e-280 became 0, with reference and cpu agreeing on the
+    float64 answer), is refused with an error naming ``what``, the op and argument (e.g.
+    "langevin_step: step_size"). A float32 kernel uses hi alone, as the C++ kernels use fp32(v):
+    any v is taken."""
+    if fp64 and math.isfinite(v) and v != 0.0 and not HALVES_MIN <= abs(v) <= HALVES_MAX:
         raise ValueError(f"{what} = {v!r} is outside the magnitudes the triton backend carries to 48 bits in its "
                          f"float64 kernels ([2^-100, {HALVES_MAX:.4g}]); use backend='cpu' or 'cuda', or rescale")
     hi = float(np.float32(v))
@@ -332,9 +332,9 @@ def langevin_step_out_triton(
     n = x.numel()
     if n == 0:
         return
-    if _interpreter_bf16(out) or _overlaps_at_shift(out, x, grad, noise, step_t, std_t):
-        y = torch.empty_like(out, memory_format=torch.contiguous_format,
-                             dtype=torch.float32 if _interpreter_bf16(out) else out.dtype)
+    bf16 = _interpreter_bf16(out)
+    if bf16 or _overlaps_at_shift(out, x, grad, noise, step_t, std_t):
+        y = torch.empty_like(out, memory_format=torch.contiguous_format, dtype=torch.float32 if bf16 else out.dtype)
         langevin_step_out_triton(x, grad, noise, step_t, std_t, step, noise_std, inv_ref_var, grad_clip, clamp_lo,
                                  clamp_hi, seed, offset, y, block=block)
         out.copy_(y)
@@ -347,7 +347,7 @@ def langevin_step_out_triton(
     inf = float("inf")
     scal = [float(step), float(noise_std), float(inv_ref_var), float(grad_clip), float(clamp_lo), float(clamp_hi)]
     names = ("step_size", "noise_std", "1 / ref_var", "grad_clip", "clamp lo", "clamp hi")
-    halves = [f32_halves(v, f"langevin_step: {name}" if fp64 else None) for v, name in zip(scal, names)]
+    halves = [f32_halves(v, f"langevin_step: {name}", fp64) for v, name in zip(scal, names)]
     _langevin_step_kernel[(triton.cdiv(n, block),)](
         x, grad, noise if noise is not None else dummy, step_t if step_t is not None else dummy,
         std_t if std_t is not None else dummy, out,

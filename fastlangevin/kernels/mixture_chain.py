@@ -147,8 +147,8 @@ def mixture_chain_triton(x, energy, grad, means, inv_var, log_coef, n_steps: int
     steps = log_w_steps if log_w_steps is not None else accepted
     _mixture_chain_kernel[(triton.cdiv(n, block_n),)](
         x, energy, grad, means, inv_var, log_coef, lw, steps, accepted,
-        n, d, means.shape[0], n_steps, *f32_halves(step, "mixture_chain: step_size" if x.dtype == torch.float64 else None),
-        *f32_halves(noise_std, "mixture_chain: noise_std" if x.dtype == torch.float64 else None),
+        n, d, means.shape[0], n_steps, *f32_halves(step, "mixture_chain: step_size", x.dtype == torch.float64),
+        *f32_halves(noise_std, "mixture_chain: noise_std", x.dtype == torch.float64),
         s_lo, s_hi, o_lo, o_hi,
         BLOCK_N=block_n, DP=dp, MODE=int(mode), FP64=x.dtype == torch.float64,
         STEPS=log_w_steps is not None and int(mode) == 1, ENERGY=kind,

@@ -211,8 +211,8 @@ def mlp_chain_triton(x, energy, grad, weights, biases, act: str, inv_ref_var: fl
     steps = log_w_steps if log_w_steps is not None else accepted
     _mlp_chain_kernel[(triton.cdiv(n, block_n),)](
         x, energy, grad, fwd, bwd, bias, head, lw, steps, accepted, n, d, n_steps, 0,
-        *f32_halves(step, "mlp_chain: step_size" if x.dtype == torch.float64 else None),
-        *f32_halves(noise_std, "mlp_chain: noise_std" if x.dtype == torch.float64 else None), s_lo, s_hi, o_lo, o_hi,
+        *f32_halves(step, "mlp_chain: step_size", x.dtype == torch.float64),
+        *f32_halves(noise_std, "mlp_chain: noise_std", x.dtype == torch.float64), s_lo, s_hi, o_lo, o_hi,
         BLOCK_N=block_n, DP=dp, HP=hp, DEPTH=len(weights) - 1, ACT=ACTS.index(act), MODE=int(mode),
         FP64=x.dtype == torch.float64, STEPS=log_w_steps is not None and int(mode) == 1,
         HOIST=hoist_weights(dp, hp, len(weights) - 1, x.element_size()), **LAUNCH_OPTIONS,

@@ -97,11 +97,6 @@ def tiles_for(n_rows: int, row_len: int, device: torch.device, tile=None) -> tup
     return block_r, block_c
 
 
-def _what(x: torch.Tensor, name: str):
-    """f32_halves' name of a scalar of the float64 kernel (None: float32 inputs use fp32(v))."""
-    return f"log_ratio: {name}" if x.dtype == torch.float64 else None
-
-
 def log_ratio_out_triton(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t, step, noise_std, inv_ref_var, out,
                          tile=None) -> None:
     """Launcher; arguments as in the C++ schema fastlangevin::log_ratio_out."""
@@ -111,12 +106,13 @@ def log_ratio_out_triton(x, y, grad_x, grad_y, energy_x, energy_y, step_t, std_t
     row_len = x.numel() // n_rows
     block_r, block_c = tiles_for(n_rows, row_len, x.device, tile)
     two = grad_y is not None
+    fp64 = x.dtype == torch.float64
     _log_ratio_kernel[(triton.cdiv(n_rows, block_r),)](
         x, y, grad_x, grad_y if two else grad_x, energy_x, energy_y if two else energy_x,
         step_t if step_t is not None else out, std_t if std_t is not None else out, out,
         n_rows, row_len,
-        *f32_halves(step, _what(x, "step_size")), *f32_halves(noise_std, _what(x, "noise_std")),
-        *f32_halves(inv_ref_var, _what(x, "1 / ref_var")),
+        *f32_halves(step, "log_ratio: step_size", fp64), *f32_halves(noise_std, "log_ratio: noise_std", fp64),
+        *f32_halves(inv_ref_var, "log_ratio: 1 / ref_var", fp64),
         BLOCK_R=block_r, BLOCK_C=block_c, TWO_SIDED=two, HAS_REF=inv_ref_var != 0.0,
         STEP_T=step_t is not None, STD_T=std_t is not None,
     )
